@@ -1,0 +1,127 @@
+//! The loop IR: what every op lowers to, and what the JIT translates to Cranelift.
+//!
+//! A [`Kernel`] is one generated function. It reads and writes `f32` buffers named by [`BufId`]
+//! (indices into the plan's buffer table, see `lower::step`), through affine [`Index`]es of
+//! loop variables whose bounds are compile-time constants. There are no pointers and no
+//! dynamic sizes: the checker's shapes fix every extent, which is what keeps the JIT's
+//! unchecked loads and stores in bounds (the runtime checks each buffer's length once, at the
+//! boundary).
+//!
+//! Semantics, exactly as the JIT implements them:
+//! - `Loop { var, extent, body }` runs `body` for `var = 0 .. extent`, in order.
+//!   A kernel's *top-level* loop marked `parallel` may be split by the runtime into disjoint
+//!   ranges `[lo, hi)` run on different threads; its iterations must write disjoint elements
+//!   (and every reduction must stay inside one iteration, in a fixed order), so results are
+//!   bitwise identical for every thread count.
+//! - `If(cond, body)` runs `body` when `cond` holds.
+//! - `Store(b, i, e)`: `b[i] = e`; `Accumulate(b, i, e)`: `b[i] += e`.
+//! - `Let(l, e)` assigns the `f32` local `l` (locals start at 0.0 on entry of the kernel).
+//! - Expressions are `f32`-valued, evaluated left to right; `Select` evaluates both arms.
+//! - `Cond::InBounds(i, n)` is `0 <= i < n` (padding); `Cond::Cmp` compares `f32`s with IEEE
+//!   semantics (a comparison with NaN is false).
+//!
+//! Later speed work (retiling, NCHWc layouts, micro-kernels) changes what ops lower to, not
+//! this vocabulary's meaning; new statement kinds are added here with their semantics.
+
+/// A buffer of the plan's table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BufId(pub u32);
+
+/// A loop variable, numbered within its kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Var(pub u32);
+
+/// An `f32` scalar local, numbered within its kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Local(pub u32);
+
+/// An affine index `Σ coeff·var + offset`, in elements.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Index {
+    pub terms: Vec<(Var, i64)>,
+    pub offset: i64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UnOp {
+    Neg,
+    /// `e^x`, within the JIT's stated maximum relative error.
+    Exp,
+    /// Natural logarithm.
+    Ln,
+    Sqrt,
+    Abs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BinOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    /// IEEE `max` (NaN-propagating choice left to the JIT; inputs here are never NaN by design).
+    Max,
+    Min,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CmpOp {
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    Eq,
+    Ne,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Cond {
+    /// `0 <= index < bound`
+    InBounds(Index, i64),
+    Cmp(CmpOp, Box<Expr>, Box<Expr>),
+    And(Box<Cond>, Box<Cond>),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Expr {
+    Const(f32),
+    Load(BufId, Index),
+    Local(Local),
+    /// The integer value of an index, as `f32` (exact below 2^24).
+    IndexValue(Index),
+    Unary(UnOp, Box<Expr>),
+    Binary(BinOp, Box<Expr>, Box<Expr>),
+    /// `a·b + c`, fused (one rounding).
+    Fma(Box<Expr>, Box<Expr>, Box<Expr>),
+    /// `if cond { a } else { b }`
+    Select(Box<Cond>, Box<Expr>, Box<Expr>),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Loop {
+    pub var: Var,
+    pub extent: usize,
+    /// Only meaningful on a kernel's top-level loops; see the module doc.
+    pub parallel: bool,
+    pub body: Vec<Stmt>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Stmt {
+    Loop(Loop),
+    If(Cond, Vec<Stmt>),
+    Store(BufId, Index, Expr),
+    Accumulate(BufId, Index, Expr),
+    Let(Local, Expr),
+}
+
+/// One generated function.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Kernel {
+    /// Stable, unique within a plan: `<node path>.<forward|backward|...>`, e.g. `conv1.forward`.
+    pub name: String,
+    /// Number of loop variables (`Var(0..vars)`) and locals (`Local(0..locals)`) used.
+    pub vars: u32,
+    pub locals: u32,
+    pub body: Vec<Stmt>,
+}

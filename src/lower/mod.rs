@@ -1,0 +1,3 @@
+//! Lowering: each IR op becomes loop nests (`loops`), forward and backward side by side.
+
+pub mod loops;
