@@ -120,7 +120,13 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     pub fn error(code: Code, message: impl Into<String>) -> Diagnostic {
-        Diagnostic { code, message: message.into(), labels: Vec::new(), notes: Vec::new(), help: None }
+        Diagnostic {
+            code,
+            message: message.into(),
+            labels: Vec::new(),
+            notes: Vec::new(),
+            help: None,
+        }
     }
 
     pub fn label(mut self, span: Span, text: impl Into<String>) -> Diagnostic {
@@ -143,7 +149,10 @@ impl Diagnostic {
 pub type Result<T> = std::result::Result<T, Vec<Diagnostic>>;
 
 /// "did you mean `x`?" for the closest candidate within a small edit distance.
-pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+pub fn did_you_mean<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<String> {
     let best = candidates
         .into_iter()
         .map(|c| (edit_distance(name, c), c))
@@ -174,7 +183,10 @@ mod tests {
 
     #[test]
     fn suggests_close_names_only() {
-        assert_eq!(did_you_mean("maxpol", ["maxpool", "avgpool"]).as_deref(), Some("did you mean `maxpool`?"));
+        assert_eq!(
+            did_you_mean("maxpol", ["maxpool", "avgpool"]).as_deref(),
+            Some("did you mean `maxpool`?")
+        );
         assert_eq!(did_you_mean("zzz", ["maxpool", "conv"]), None);
     }
 }

@@ -115,7 +115,9 @@ pub struct Dense {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Activation {
     Relu,
-    LeakyRelu { slope: f32 },
+    LeakyRelu {
+        slope: f32,
+    },
     Sigmoid,
     Tanh,
     /// Over the channel axis (axis 1 with the batch), as `nn.Softmax(dim=1)`.
@@ -155,7 +157,9 @@ pub enum Op {
     Dense(Dense),
     Activation(Activation),
     /// Zeroes with probability `p` and scales the rest by `1/(1−p)` in training; identity otherwise.
-    Dropout { p: f32 },
+    Dropout {
+        p: f32,
+    },
     BatchNorm(BatchNorm),
     Identity,
     /// Joins its inputs along the channel axis, in input order.
@@ -170,8 +174,14 @@ impl Op {
         match self {
             Op::Input => "input",
             Op::Conv(_) => "conv",
-            Op::Pool(Pool { kind: PoolKind::Max, .. }) => "maxpool",
-            Op::Pool(Pool { kind: PoolKind::Avg, .. }) => "avgpool",
+            Op::Pool(Pool {
+                kind: PoolKind::Max,
+                ..
+            }) => "maxpool",
+            Op::Pool(Pool {
+                kind: PoolKind::Avg,
+                ..
+            }) => "avgpool",
             Op::GlobalAvgPool => "global_avgpool",
             Op::Flatten => "flatten",
             Op::Dense(_) => "dense",
@@ -292,9 +302,18 @@ pub enum DataSource {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Optimizer {
     /// `torch.optim.SGD` semantics (momentum buffer starts at the first gradient).
-    Sgd { lr: f32, momentum: f32, weight_decay: f32 },
+    Sgd {
+        lr: f32,
+        momentum: f32,
+        weight_decay: f32,
+    },
     /// `torch.optim.Adam` semantics (L2 weight decay added to the gradient, not AdamW).
-    Adam { lr: f32, betas: (f32, f32), eps: f32, weight_decay: f32 },
+    Adam {
+        lr: f32,
+        betas: (f32, f32),
+        eps: f32,
+        weight_decay: f32,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -320,6 +339,18 @@ pub struct TrainConfig {
     pub loss: Loss,
     /// Default 0.
     pub seed: u64,
+    /// Default [`Init::PyTorch`]; `init = xavier` is d2l's `init_cnn` (an extension).
+    pub init: Init,
+}
+
+/// How `cnnc init` and a fresh training run initialise weights (biases and batchnorm are
+/// always PyTorch's defaults).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Init {
+    /// Each layer's `reset_parameters()`: weights and biases U(±1/√fan_in).
+    PyTorch,
+    /// `nn.init.xavier_uniform_` on conv and dense weights, as d2l's LeNet recipe.
+    Xavier,
 }
 
 impl Default for TrainConfig {
@@ -328,9 +359,14 @@ impl Default for TrainConfig {
             data: DataSource::Synthetic,
             epochs: 10,
             batch: 256,
-            optimizer: Optimizer::Sgd { lr: 0.1, momentum: 0.0, weight_decay: 0.0 },
+            optimizer: Optimizer::Sgd {
+                lr: 0.1,
+                momentum: 0.0,
+                weight_decay: 0.0,
+            },
             loss: Loss::CrossEntropy,
             seed: 0,
+            init: Init::PyTorch,
         }
     }
 }
