@@ -49,6 +49,7 @@ pub fn build_program(program: &Program) -> diag::Result<Vec<Graph>> {
                     )
                     .label(b.name.span, "an op has this name"),
                 );
+                continue;
             } else if let Some(first) = user.insert(&b.name.name, b.name.span) {
                 errors.push(
                     Diagnostic::error(
@@ -472,7 +473,13 @@ impl<'a> Builder<'a> {
             false,
         );
         self.calls.pop();
-        out
+        // Point at the call too: the mistake may be in the block or in the arguments given.
+        out.map_err(|errors| {
+            errors
+                .into_iter()
+                .map(|d| d.label(name.span, format!("in this call of `{}`", block.name.name)))
+                .collect()
+        })
     }
 
     /// Appends a node and its parameters, enforcing the limits.

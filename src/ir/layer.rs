@@ -331,10 +331,7 @@ impl Args<'_> {
                     axes(rank)
                 ),
             )
-            .label(
-                span,
-                format!("needs {rank} (or one integer for all axes)"),
-            )]),
+            .label(span, format!("needs {rank} (or one integer for all axes)"))]),
             Value::Tuple(items) => items
                 .iter()
                 .map(|i| size(expect_int(i, span, self.scope)?, param, span, positive))
@@ -452,7 +449,6 @@ fn shape_error(
                 at("kernel"),
                 format!("kernel {kernel} on {}", axis_name(*axis)),
             )
-            .note(format!("the input to this layer is {}", input.shape))
         }
         ShapeError::PaddingTooLarge {
             axis,
@@ -478,7 +474,6 @@ fn shape_error(
                 format!("{which} channels {channels} are not divisible by groups {groups}"),
             )
             .label(at("groups"), format!("{groups} groups"))
-            .note(format!("the input to this layer is {}", input.shape))
         }
         ShapeError::DenseOnSpatial { found } => Diagnostic::error(
             Code::DenseOnSpatial,
@@ -505,7 +500,10 @@ fn shape_error(
         .label(stmt, "here"),
     };
     if input.is_network_input {
-        d
+        d.note(format!(
+            "the input to this layer is the network input {}",
+            input.shape
+        ))
     } else {
         d.label(
             input.span,

@@ -24,7 +24,8 @@ pub fn read_source(
 ) -> diag::Result<FileId> {
     let name = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|e| {
-        let d = Diagnostic::error(Code::FileNotFound, format!("cannot read `{name}`: {e}"));
+        let d = Diagnostic::error(Code::FileNotFound, format!("cannot read `{name}`"))
+            .note(e.to_string());
         vec![match used_at {
             Some(span) => d.label(span, "used here"),
             None => d,

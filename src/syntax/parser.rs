@@ -69,8 +69,14 @@ fn syntax_error(file: FileId, text: &str, error: &pest::error::Error<Rule>) -> D
         pest::error::InputLocation::Pos(p) => p,
         pest::error::InputLocation::Span((s, _)) => s,
     };
-    let found = found_token(&text[at.min(text.len())..]);
-    let end = (at + found.len().max(1)).min(text.len()).max(at);
+    let at = at.min(text.len());
+    let found = found_token(&text[at..]);
+    // At the end of the file, point at the last character so the label has a line to sit on.
+    let (start, end) = if at == text.len() {
+        (text.char_indices().last().map_or(0, |(i, _)| i), text.len())
+    } else {
+        (at, at + found.len().max(1))
+    };
     let mut expected: Vec<&str> = match &error.variant {
         pest::error::ErrorVariant::ParsingError { positives, .. } => positives
             .iter()
@@ -93,7 +99,7 @@ fn syntax_error(file: FileId, text: &str, error: &pest::error::Error<Rule>) -> D
         format!("expected {}", one_of(&expected))
     };
     Diagnostic::error(Code::Syntax, format!("unexpected {shown}"))
-        .label(Span::new(file, at, end), label)
+        .label(Span::new(file, start, end), label)
 }
 
 /// The token at the start of `rest`: a word, a number, or one character.
