@@ -4,11 +4,12 @@
 //! Forward and backward walk the very same list of products `y[n, o, p] += x[n, i, q] · w[o, i', t]`
 //! (see [`for_each_product`]), so the backward is the forward read in the other direction:
 //! `gx[n, i, q] += gy[n, o, p] · w[o, i', t]` and `gw[o, i', t] += gy[n, o, p] · x[n, i, q]`.
-//! Sums are accumulated in f64 so that the oracle's own rounding is negligible.
+//! Sums are accumulated in f64 so that the oracle's own rounding is negligible; the tensors are
+//! read as flat row-major buffers, so each product is three offset computations.
 
-use ndarray::{ArrayD, Axis, Dimension, IxDyn};
+use ndarray::{ArrayD, Axis, Dimension};
 
-use super::window::{positions, prefixed, Window};
+use super::window::{from_row_major, positions, prefixed, row_major, Window};
 use crate::ir::Conv;
 
 /// Gradients of a convolution with respect to its input and parameters.
@@ -32,17 +33,17 @@ pub fn forward(
     bias: Option<&ArrayD<f32>>,
     conv: &Conv,
 ) -> ArrayD<f32> {
-    let (window, y_shape) = geometry(x, weight, conv);
-    let mut y = ArrayD::<f64>::zeros(IxDyn(&y_shape));
-    for_each_product(&window, &y_shape, conv, |y_at, x_at, w_at| {
-        y[y_at] += x[x_at] as f64 * weight[w_at] as f64;
-    });
+    let geometry = Geometry::new(x, weight, conv);
+    let (x, weight) = (row_major(x), row_major(weight));
+    let mut y = vec![0f64; geometry.y_shape.iter().product()];
+    geometry.for_each_product(|y_at, x_at, w_at| y[y_at] += x[x_at] * weight[w_at]);
+    let mut y = from_row_major(&geometry.y_shape, y);
     if let Some(bias) = bias {
         for (out_channel, mut plane) in y.axis_iter_mut(Axis(1)).enumerate() {
-            plane += bias[out_channel] as f64;
+            plane += bias[out_channel];
         }
     }
-    y.mapv(|v| v as f32)
+    y
 }
 
 /// Gradients given the forward's input `x`, `weight` and the output gradient `gy: [N, out, *S']`.
@@ -51,76 +52,96 @@ pub fn forward(
 /// # Panics
 /// If the tensors' shapes disagree with `conv`.
 pub fn backward(x: &ArrayD<f32>, weight: &ArrayD<f32>, conv: &Conv, gy: &ArrayD<f32>) -> ConvGrads {
-    let (window, y_shape) = geometry(x, weight, conv);
-    assert_eq!(gy.shape(), &y_shape[..], "conv: output gradient shape");
-    let mut gx = ArrayD::<f64>::zeros(x.raw_dim());
-    let mut gw = ArrayD::<f64>::zeros(weight.raw_dim());
-    for_each_product(&window, &y_shape, conv, |y_at, x_at, w_at| {
-        let upstream = gy[y_at] as f64;
-        gx[x_at] += upstream * weight[w_at] as f64;
-        gw[w_at] += upstream * x[x_at] as f64;
+    let geometry = Geometry::new(x, weight, conv);
+    assert_eq!(
+        gy.shape(),
+        &geometry.y_shape[..],
+        "conv: output gradient shape"
+    );
+    let (x_shape, w_shape) = (x.shape().to_vec(), weight.shape().to_vec());
+    let (x, weight, gy_flat) = (row_major(x), row_major(weight), row_major(gy));
+    let mut gx = vec![0f64; x.len()];
+    let mut gw = vec![0f64; weight.len()];
+    geometry.for_each_product(|y_at, x_at, w_at| {
+        gx[x_at] += gy_flat[y_at] * weight[w_at];
+        gw[w_at] += gy_flat[y_at] * x[x_at];
     });
     let bias = conv.bias.map(|_| {
-        let mut gb = ArrayD::<f64>::zeros(IxDyn(&[conv.out_channels]));
-        for (out_channel, plane) in gy.axis_iter(Axis(1)).enumerate() {
-            gb[out_channel] = plane.iter().map(|&v| v as f64).sum();
-        }
-        gb.mapv(|v| v as f32)
+        let sums = gy
+            .axis_iter(Axis(1))
+            .map(|plane| plane.iter().map(|&v| v as f64).sum())
+            .collect();
+        from_row_major(&[conv.out_channels], sums)
     });
     ConvGrads {
-        input: gx.mapv(|v| v as f32),
-        weight: gw.mapv(|v| v as f32),
+        input: from_row_major(&x_shape, gx),
+        weight: from_row_major(&w_shape, gw),
         bias,
     }
 }
 
-/// The sliding window of `conv` over `x`, and the output shape `[N, out, *S']`.
-fn geometry(x: &ArrayD<f32>, weight: &ArrayD<f32>, conv: &Conv) -> (Window, Vec<usize>) {
-    let spatial_axes = conv.kernel.len();
-    assert_eq!(x.ndim(), spatial_axes + 2, "conv: input rank");
-    assert_eq!(x.shape()[1], conv.in_channels, "conv: input channels");
-    let weight_shape = prefixed(
-        conv.out_channels,
-        conv.in_channels / conv.groups,
-        &conv.kernel,
-    );
-    assert_eq!(weight.shape(), &weight_shape[..], "conv: weight shape");
-    let window = Window {
-        input: x.shape()[2..].to_vec(),
-        kernel: conv.kernel.clone(),
-        stride: conv.stride.clone(),
-        dilation: conv.dilation.clone(),
-        padding: conv.padding.clone(),
-    };
-    let y_shape = prefixed(x.shape()[0], conv.out_channels, &window.output());
-    (window, y_shape)
+/// Everything needed to enumerate a convolution's products.
+struct Geometry<'a> {
+    conv: &'a Conv,
+    window: Window,
+    /// `[N, out, *S']`
+    y_shape: Vec<usize>,
 }
 
-/// Calls `product(y_index, x_index, w_index)` once for every multiply of the convolution that
-/// does not read padding. Output channel `o` belongs to group `o / (out/groups)` and reads only
-/// that group's input channels.
-fn for_each_product(
-    window: &Window,
-    y_shape: &[usize],
-    conv: &Conv,
-    mut product: impl FnMut(&[usize], &[usize], &[usize]),
-) {
-    let in_per_group = conv.in_channels / conv.groups;
-    let out_per_group = conv.out_channels / conv.groups;
-    for n in 0..y_shape[0] {
-        for out_channel in 0..conv.out_channels {
-            let group = out_channel / out_per_group;
-            for out in positions(&y_shape[2..]) {
-                let y_at = prefixed(n, out_channel, out.slice());
-                for tap in window.taps() {
-                    let Some(source) = window.source(out.slice(), tap.slice()) else {
-                        continue;
-                    };
-                    for channel_in_group in 0..in_per_group {
-                        let in_channel = group * in_per_group + channel_in_group;
-                        let x_at = prefixed(n, in_channel, &source);
-                        let w_at = prefixed(out_channel, channel_in_group, tap.slice());
-                        product(&y_at, &x_at, &w_at);
+impl<'a> Geometry<'a> {
+    fn new(x: &ArrayD<f32>, weight: &ArrayD<f32>, conv: &'a Conv) -> Geometry<'a> {
+        let spatial_axes = conv.kernel.len();
+        assert_eq!(x.ndim(), spatial_axes + 2, "conv: input rank");
+        assert_eq!(x.shape()[1], conv.in_channels, "conv: input channels");
+        let weight_shape = prefixed(
+            conv.out_channels,
+            conv.in_channels / conv.groups,
+            &conv.kernel,
+        );
+        assert_eq!(weight.shape(), &weight_shape[..], "conv: weight shape");
+        let window = Window {
+            input: x.shape()[2..].to_vec(),
+            kernel: conv.kernel.clone(),
+            stride: conv.stride.clone(),
+            dilation: conv.dilation.clone(),
+            padding: conv.padding.clone(),
+        };
+        let y_shape = prefixed(x.shape()[0], conv.out_channels, &window.output());
+        Geometry {
+            conv,
+            window,
+            y_shape,
+        }
+    }
+
+    /// Calls `product(y_at, x_at, w_at)` once for every multiply of the convolution that does
+    /// not read padding, with row-major offsets into `y: [N, out, *S']`, `x: [N, in, *S]` and
+    /// `w: [out, in/groups, *kernel]`. Output channel `o` belongs to group `o / (out/groups)`
+    /// and reads only that group's input channels.
+    fn for_each_product(&self, mut product: impl FnMut(usize, usize, usize)) {
+        let conv = self.conv;
+        let in_per_group = conv.in_channels / conv.groups;
+        let out_per_group = conv.out_channels / conv.groups;
+        let input_area: usize = self.window.input.iter().product();
+        let output_area: usize = self.y_shape[2..].iter().product();
+        let kernel_volume: usize = conv.kernel.iter().product();
+        for n in 0..self.y_shape[0] {
+            for out_channel in 0..conv.out_channels {
+                let group = out_channel / out_per_group;
+                for (out_offset, out) in positions(&self.y_shape[2..]).enumerate() {
+                    let y_at = (n * conv.out_channels + out_channel) * output_area + out_offset;
+                    for (tap_offset, tap) in self.window.taps().enumerate() {
+                        let Some(source) = self.window.source(out.slice(), tap.slice()) else {
+                            continue;
+                        };
+                        for channel_in_group in 0..in_per_group {
+                            let in_channel = group * in_per_group + channel_in_group;
+                            let x_at = (n * conv.in_channels + in_channel) * input_area + source;
+                            let w_at = (out_channel * in_per_group + channel_in_group)
+                                * kernel_volume
+                                + tap_offset;
+                            product(y_at, x_at, w_at);
+                        }
                     }
                 }
             }
@@ -135,7 +156,7 @@ mod tests {
     use crate::reference::check::{
         assert_gradient_close, numeric_gradient, uniform, weighted_sum, Rng,
     };
-    use ndarray::{arr1, arr2, stack, Array, ArrayD};
+    use ndarray::{arr1, arr2, stack, Array, ArrayD, IxDyn};
     use proptest::prelude::*;
 
     /// A convolution with every hyper-parameter given per axis.

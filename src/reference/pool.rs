@@ -8,7 +8,7 @@
 
 use ndarray::{ArrayD, Axis, Dimension, IxDyn};
 
-use super::window::{positions, prefixed, Window};
+use super::window::{from_row_major, positions, prefixed, row_major, Window};
 use crate::ir::{Pool, PoolKind};
 
 /// `x: [N, C, *S]` → `[N, C, *S']`.
@@ -17,18 +17,16 @@ use crate::ir::{Pool, PoolKind};
 /// If the input's rank disagrees with `pool` (the IR's shape checker prevents this).
 pub fn forward(x: &ArrayD<f32>, pool: &Pool) -> ArrayD<f32> {
     let (window, y_shape) = geometry(x, pool);
+    let x = row_major(x);
     let volume: usize = pool.kernel.iter().product();
-    let mut y = ArrayD::zeros(IxDyn(&y_shape));
+    let mut y = vec![0f64; y_shape.iter().product()];
     for_each_window(&window, &y_shape, |y_at, sources| {
         y[y_at] = match pool.kind {
-            PoolKind::Max => first_maximum(x, sources).map_or(f32::NEG_INFINITY, |at| x[&at[..]]),
-            PoolKind::Avg => {
-                let sum: f64 = sources.iter().flatten().map(|at| x[&at[..]] as f64).sum();
-                (sum / volume as f64) as f32
-            }
+            PoolKind::Max => first_maximum(&x, sources).map_or(f64::NEG_INFINITY, |at| x[at]),
+            PoolKind::Avg => sources.iter().flatten().map(|&at| x[at]).sum::<f64>() / volume as f64,
         };
     });
-    y
+    from_row_major(&y_shape, y)
 }
 
 /// The gradient with respect to `x`, given the output gradient `gy: [N, C, *S']`.
@@ -38,24 +36,23 @@ pub fn forward(x: &ArrayD<f32>, pool: &Pool) -> ArrayD<f32> {
 pub fn backward(x: &ArrayD<f32>, pool: &Pool, gy: &ArrayD<f32>) -> ArrayD<f32> {
     let (window, y_shape) = geometry(x, pool);
     assert_eq!(gy.shape(), &y_shape[..], "pool: output gradient shape");
+    let x_shape = x.shape().to_vec();
+    let (x, gy) = (row_major(x), row_major(gy));
     let volume: usize = pool.kernel.iter().product();
-    let mut gx = ArrayD::<f64>::zeros(x.raw_dim());
-    for_each_window(&window, &y_shape, |y_at, sources| {
-        let upstream = gy[y_at] as f64;
-        match pool.kind {
-            PoolKind::Max => {
-                if let Some(at) = first_maximum(x, sources) {
-                    gx[&at[..]] += upstream;
-                }
+    let mut gx = vec![0f64; x.len()];
+    for_each_window(&window, &y_shape, |y_at, sources| match pool.kind {
+        PoolKind::Max => {
+            if let Some(at) = first_maximum(&x, sources) {
+                gx[at] += gy[y_at];
             }
-            PoolKind::Avg => {
-                for at in sources.iter().flatten() {
-                    gx[&at[..]] += upstream / volume as f64;
-                }
+        }
+        PoolKind::Avg => {
+            for &at in sources.iter().flatten() {
+                gx[at] += gy[y_at] / volume as f64;
             }
         }
     });
-    gx.mapv(|v| v as f32)
+    from_row_major(&x_shape, gx)
 }
 
 /// Global average pooling: `[N, C, *S]` → `[N, C]`, the mean over every spatial position.
@@ -110,41 +107,41 @@ fn geometry(x: &ArrayD<f32>, pool: &Pool) -> (Window, Vec<usize>) {
     (window, y_shape)
 }
 
-/// Calls `visit(y_index, sources)` for every output element; `sources` lists the input index
-/// read by each tap in row-major tap order, `None` for taps in the padding.
+/// Calls `visit(y_at, sources)` for every output element, with row-major offsets into
+/// `y: [N, C, *S']` and `x: [N, C, *S]`; `sources` holds the offset read by each tap in
+/// row-major tap order, `None` for taps in the padding.
 fn for_each_window(
     window: &Window,
     y_shape: &[usize],
-    mut visit: impl FnMut(&[usize], &[Option<Vec<usize>>]),
+    mut visit: impl FnMut(usize, &[Option<usize>]),
 ) {
-    for n in 0..y_shape[0] {
-        for channel in 0..y_shape[1] {
-            for out in positions(&y_shape[2..]) {
-                let sources: Vec<Option<Vec<usize>>> = window
-                    .taps()
-                    .map(|tap| {
-                        window
-                            .source(out.slice(), tap.slice())
-                            .map(|at| prefixed(n, channel, &at))
-                    })
-                    .collect();
-                visit(&prefixed(n, channel, out.slice()), &sources);
-            }
+    let input_area: usize = window.input.iter().product();
+    let output_area: usize = y_shape[2..].iter().product();
+    for plane in 0..y_shape[0] * y_shape[1] {
+        for (out_offset, out) in positions(&y_shape[2..]).enumerate() {
+            let sources: Vec<Option<usize>> = window
+                .taps()
+                .map(|tap| {
+                    window
+                        .source(out.slice(), tap.slice())
+                        .map(|at| plane * input_area + at)
+                })
+                .collect();
+            visit(plane * output_area + out_offset, &sources);
         }
     }
 }
 
 /// The first source holding the window's maximum; padding counts as −∞, so it never wins
 /// (padding is at most half the kernel, so every window holds a real element).
-fn first_maximum<'a>(x: &ArrayD<f32>, sources: &'a [Option<Vec<usize>>]) -> Option<&'a Vec<usize>> {
-    let mut best: Option<(&Vec<usize>, f32)> = None;
-    for at in sources.iter().flatten() {
-        let value = x[&at[..]];
-        if best.is_none_or(|(_, max)| value > max) {
-            best = Some((at, value));
+fn first_maximum(x: &[f64], sources: &[Option<usize>]) -> Option<usize> {
+    let mut best: Option<usize> = None;
+    for &at in sources.iter().flatten() {
+        if best.is_none_or(|max_at| x[at] > x[max_at]) {
+            best = Some(at);
         }
     }
-    best.map(|(at, _)| at)
+    best
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! The reference computes its own output sizes from the hyper-parameters rather than trusting
 //! the node shapes, so that a wrong shape rule in `ir::shape` shows up as a disagreement.
 
-use ndarray::{indices, IxDyn};
+use ndarray::{indices, ArrayD, IxDyn};
 
 /// A window sliding over the spatial axes; every vector has one entry per spatial axis.
 #[derive(Clone, Debug)]
@@ -39,17 +39,19 @@ impl Window {
             .collect()
     }
 
-    /// The input position read by kernel tap `tap` at output position `out`, or `None` when the
-    /// tap lands in the padding.
-    pub fn source(&self, out: &[usize], tap: &[usize]) -> Option<Vec<usize>> {
-        (0..self.input.len())
-            .map(|axis| {
-                let padded_position =
-                    out[axis] * self.stride[axis] + tap[axis] * self.dilation[axis];
-                let position = padded_position.checked_sub(self.padding[axis].0)?;
-                (position < self.input[axis]).then_some(position)
-            })
-            .collect()
+    /// The row-major offset, within the input's spatial grid, of the position read by kernel
+    /// tap `tap` at output position `out`; `None` when the tap lands in the padding.
+    pub fn source(&self, out: &[usize], tap: &[usize]) -> Option<usize> {
+        let mut offset = 0;
+        for axis in 0..self.input.len() {
+            let padded_position = out[axis] * self.stride[axis] + tap[axis] * self.dilation[axis];
+            let position = padded_position.checked_sub(self.padding[axis].0)?;
+            if position >= self.input[axis] {
+                return None;
+            }
+            offset = offset * self.input[axis] + position;
+        }
+        Some(offset)
     }
 
     /// Every tap of the kernel, in row-major order.
@@ -58,13 +60,26 @@ impl Window {
     }
 }
 
-/// `[a, b, *rest]`: an index or shape with batch and channel in front of the spatial part.
+/// `[a, b, *rest]`: a shape with batch and channel (or out and in channels) in front.
 pub fn prefixed(a: usize, b: usize, rest: &[usize]) -> Vec<usize> {
-    let mut index = Vec::with_capacity(rest.len() + 2);
-    index.push(a);
-    index.push(b);
-    index.extend_from_slice(rest);
-    index
+    let mut shape = Vec::with_capacity(rest.len() + 2);
+    shape.push(a);
+    shape.push(b);
+    shape.extend_from_slice(rest);
+    shape
+}
+
+/// The elements of `a` in row-major (logical) order, widened to f64, whatever its memory layout:
+/// the reference indexes flat buffers with row-major offsets.
+pub fn row_major(a: &ArrayD<f32>) -> Vec<f64> {
+    a.iter().map(|&v| v as f64).collect()
+}
+
+/// A row-major f64 buffer back into an f32 tensor of `shape`.
+pub fn from_row_major(shape: &[usize], values: Vec<f64>) -> ArrayD<f32> {
+    let narrowed = values.into_iter().map(|v| v as f32).collect();
+    ArrayD::from_shape_vec(IxDyn(shape), narrowed)
+        .expect("the buffer has the shape's element count")
 }
 
 /// Every position of a spatial grid, in row-major order.
@@ -107,9 +122,24 @@ mod tests {
     fn taps_in_the_padding_have_no_source() {
         let w = window(4, 3, 2, 1, (1, 1));
         assert_eq!(w.source(&[0], &[0]), None);
-        assert_eq!(w.source(&[0], &[1]), Some(vec![0]));
-        assert_eq!(w.source(&[1], &[2]), Some(vec![3]));
+        assert_eq!(w.source(&[0], &[1]), Some(0));
+        assert_eq!(w.source(&[1], &[2]), Some(3));
         let after = window(4, 2, 1, 1, (0, 1));
         assert_eq!(after.source(&[3], &[1]), None);
+    }
+
+    #[test]
+    fn sources_are_row_major_offsets_in_the_input_grid() {
+        // A 3×4 input, 2×2 kernel, stride 2, padding 1: output (1, 1), tap (1, 0) reads
+        // padded (3, 2) = input (2, 1), offset 2·4 + 1.
+        let w = Window {
+            input: vec![3, 4],
+            kernel: vec![2, 2],
+            stride: vec![2, 2],
+            dilation: vec![1, 1],
+            padding: vec![(1, 1), (1, 1)],
+        };
+        assert_eq!(w.source(&[1, 1], &[1, 0]), Some(9));
+        assert_eq!(w.source(&[0, 1], &[0, 1]), None);
     }
 }
