@@ -124,16 +124,18 @@ NETWORKS = {
     }),
     "residual_bn": ("tests/golden/residual_bn.cnn", build_residual_bn, (3, 6, 6), 3, "normal", {
         "0": "conv1",
-        # `residual { ... }` is add { branch { ... } branch { identity } }
+        # `residual { ... }` is add { branch { ... } branch { identity } } in its own naming
+        # scope; a bare `add` (like `concat`) opens none, so its branches are named in the
+        # network's scope.
         "1.conv1": "residual1.branch1.conv1",
         "1.bn1": "residual1.branch1.batchnorm1",
         "1.conv2": "residual1.branch1.conv2",
         "1.bn2": "residual1.branch1.batchnorm2",
-        "2.conv1": "add1.branch1.conv1",
-        "2.bn1": "add1.branch1.batchnorm1",
-        "2.conv2": "add1.branch1.conv2",
-        "2.bn2": "add1.branch1.batchnorm2",
-        "2.conv3": "add1.branch2.conv1",
+        "2.conv1": "branch1.conv1",
+        "2.bn1": "branch1.batchnorm1",
+        "2.conv2": "branch1.conv2",
+        "2.bn2": "branch1.batchnorm2",
+        "2.conv3": "branch2.conv1",
         "5": "dense1",
     }),
 }
