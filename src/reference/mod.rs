@@ -18,6 +18,8 @@ mod check;
 pub mod conv;
 pub mod dense;
 pub mod dropout;
+#[cfg(test)]
+mod golden;
 pub mod join;
 pub mod loss;
 pub mod norm;
@@ -260,95 +262,24 @@ fn check_params(graph: &Graph, params: &[ArrayD<f32>]) {
 
 #[cfg(test)]
 mod tests {
-    use super::check::{assert_gradient_close, distinct, numeric_gradient, uniform, Rng};
-    use super::*;
-    use crate::ir::{
-        Activation, BatchNorm, Conv, Dense, Node, Param, ParamKind, Pool, PoolKind, Shape,
+    use super::check::{
+        assert_gradient_close, distinct, numeric_gradient, plain_conv, uniform, GraphBuilder, Rng,
     };
-    use crate::span::Span;
+    use super::*;
+    use crate::ir::{Activation, Conv, ParamKind, Pool, PoolKind};
 
-    /// Builds a graph by hand; every node's shape is written out by the test.
-    struct Builder {
-        graph: Graph,
-    }
-
-    impl Builder {
-        fn new(input: &[usize]) -> Builder {
-            let mut builder = Builder {
-                graph: Graph {
-                    name: "test".into(),
-                    nodes: Vec::new(),
-                    params: Vec::new(),
-                    output: NodeId(0),
-                    train: None,
-                    span: Span::default(),
-                },
-            };
-            builder.node(Op::Input, &[], input);
-            builder
-        }
-
-        /// A parameter of the node about to be added.
-        fn param(&mut self, kind: ParamKind, shape: &[usize]) -> ParamId {
-            let node = NodeId(self.graph.nodes.len() as u32);
-            self.graph.params.push(Param {
-                name: format!("n{}.{}", node.0, kind.suffix()),
-                shape: shape.to_vec(),
-                kind,
-                node,
-            });
-            ParamId(self.graph.params.len() as u32 - 1)
-        }
-
-        fn node(&mut self, op: Op, inputs: &[NodeId], shape: &[usize]) -> NodeId {
-            let id = NodeId(self.graph.nodes.len() as u32);
-            self.graph.nodes.push(Node {
-                name: format!("n{}", id.0),
-                op,
-                inputs: inputs.to_vec(),
-                shape: Shape(shape.to_vec()),
-                span: Span::default(),
-            });
-            self.graph.output = id;
-            id
-        }
-
-        fn conv(&mut self, input: NodeId, conv: Conv, shape: &[usize]) -> NodeId {
-            let mut weight_shape = vec![conv.out_channels, conv.in_channels / conv.groups];
-            weight_shape.extend(&conv.kernel);
-            let weight = self.param(ParamKind::Weight, &weight_shape);
-            let bias = Some(self.param(ParamKind::Bias, &[conv.out_channels]));
-            self.node(
-                Op::Conv(Conv {
-                    weight,
-                    bias,
-                    ..conv
-                }),
-                &[input],
-                shape,
-            )
-        }
-    }
-
+    /// A 2-D convolution with `padding` on both sides of both axes and `groups` groups.
     fn conv(
         in_channels: usize,
         out_channels: usize,
         kernel: usize,
         padding: usize,
-        dilation: usize,
         groups: usize,
-        axes: usize,
     ) -> Conv {
         Conv {
-            in_channels,
-            out_channels,
-            kernel: vec![kernel; axes],
-            stride: vec![1; axes],
-            padding: vec![(padding, padding); axes],
-            dilation: vec![dilation; axes],
+            padding: vec![(padding, padding); 2],
             groups,
-            weight: ParamId(0),
-            bias: None,
+            ..plain_conv(in_channels, out_channels, kernel, 2)
         }
     }
 
@@ -365,50 +296,43 @@ mod tests {
             .collect()
     }
 
+    /// A 2-D pooling with the same kernel, stride and padding on both axes.
+    fn pool(kind: PoolKind, kernel: usize, stride: usize, padding: usize) -> Pool {
+        Pool {
+            kind,
+            kernel: vec![kernel; 2],
+            stride: vec![stride; 2],
+            padding: vec![padding; 2],
+        }
+    }
+
     /// input [2, 4, 4] → conv → batchnorm → tanh, concat with a max pool of the input, then
     /// add that concat to a grouped 1×1 conv of itself (one value, two consumers), average
     /// pool, dropout, flatten, dense 3. Returns the graph and the dropout node.
     fn branching_graph() -> (Graph, NodeId) {
-        let mut b = Builder::new(&[2, 4, 4]);
+        let mut b = GraphBuilder::new(&[2, 4, 4]);
         let input = NodeId(0);
-        let c1 = b.conv(input, conv(2, 3, 3, 1, 1, 1, 2), &[3, 4, 4]);
-        let bn = BatchNorm {
-            channels: 3,
-            eps: 1e-5,
-            momentum: 0.1,
-            weight: b.param(ParamKind::Weight, &[3]),
-            bias: b.param(ParamKind::Bias, &[3]),
-            running_mean: b.param(ParamKind::RunningMean, &[3]),
-            running_var: b.param(ParamKind::RunningVar, &[3]),
-        };
-        let bn = b.node(Op::BatchNorm(bn), &[c1], &[3, 4, 4]);
-        let t = b.node(Op::Activation(Activation::Tanh), &[bn], &[3, 4, 4]);
-        let max = Pool {
-            kind: PoolKind::Max,
-            kernel: vec![3, 3],
-            stride: vec![1, 1],
-            padding: vec![1, 1],
-        };
-        let mp = b.node(Op::Pool(max), &[input], &[2, 4, 4]);
-        let cat = b.node(Op::Concat, &[t, mp], &[5, 4, 4]);
-        let c2 = b.conv(cat, conv(5, 5, 1, 0, 1, 5, 2), &[5, 4, 4]);
-        let sum = b.node(Op::Add, &[cat, c2], &[5, 4, 4]);
-        let avg = Pool {
-            kind: PoolKind::Avg,
-            kernel: vec![2, 2],
-            stride: vec![2, 2],
-            padding: vec![0, 0],
-        };
-        let ap = b.node(Op::Pool(avg), &[sum], &[5, 2, 2]);
-        let drop = b.node(Op::Dropout { p: 0.5 }, &[ap], &[5, 2, 2]);
-        let flat = b.node(Op::Flatten, &[drop], &[20]);
-        let dense = Dense {
-            in_features: 20,
-            units: 3,
-            weight: b.param(ParamKind::Weight, &[3, 20]),
-            bias: Some(b.param(ParamKind::Bias, &[3])),
-        };
-        b.node(Op::Dense(dense), &[flat], &[3]);
+        let c1 = b.conv("conv1", input, conv(2, 3, 3, 1, 1), &[3, 4, 4]);
+        let bn = b.batchnorm("batchnorm1", c1, &[3, 4, 4]);
+        let t = b.node("tanh1", Op::Activation(Activation::Tanh), &[bn], &[3, 4, 4]);
+        let mp = b.node(
+            "maxpool1",
+            Op::Pool(pool(PoolKind::Max, 3, 1, 1)),
+            &[input],
+            &[2, 4, 4],
+        );
+        let cat = b.node("concat1", Op::Concat, &[t, mp], &[5, 4, 4]);
+        let c2 = b.conv("conv2", cat, conv(5, 5, 1, 0, 5), &[5, 4, 4]);
+        let sum = b.node("add1", Op::Add, &[cat, c2], &[5, 4, 4]);
+        let ap = b.node(
+            "avgpool1",
+            Op::Pool(pool(PoolKind::Avg, 2, 2, 0)),
+            &[sum],
+            &[5, 2, 2],
+        );
+        let drop = b.node("dropout1", Op::Dropout { p: 0.5 }, &[ap], &[5, 2, 2]);
+        let flat = b.node("flatten1", Op::Flatten, &[drop], &[20]);
+        b.dense("dense1", flat, 20, 3);
         (b.graph, drop)
     }
 
@@ -474,12 +398,22 @@ mod tests {
     /// identity and softmax, under a mean squared error.
     #[test]
     fn one_dimensional_graph_backward_matches_finite_differences() {
-        let mut b = Builder::new(&[2, 7]);
-        let c = b.conv(NodeId(0), conv(2, 3, 2, 1, 2, 1, 1), &[3, 7]);
-        let s = b.node(Op::Activation(Activation::Sigmoid), &[c], &[3, 7]);
-        let g = b.node(Op::GlobalAvgPool, &[s], &[3]);
-        let i = b.node(Op::Identity, &[g], &[3]);
-        b.node(Op::Activation(Activation::Softmax), &[i], &[3]);
+        let mut b = GraphBuilder::new(&[2, 7]);
+        let dilated = Conv {
+            padding: vec![(1, 1)],
+            dilation: vec![2],
+            ..plain_conv(2, 3, 2, 1)
+        };
+        let c = b.conv("conv1", NodeId(0), dilated, &[3, 7]);
+        let s = b.node(
+            "sigmoid1",
+            Op::Activation(Activation::Sigmoid),
+            &[c],
+            &[3, 7],
+        );
+        let g = b.node("global_avgpool1", Op::GlobalAvgPool, &[s], &[3]);
+        let i = b.node("identity1", Op::Identity, &[g], &[3]);
+        b.node("softmax1", Op::Activation(Activation::Softmax), &[i], &[3]);
         let mut rng = Rng::new(29);
         let x = uniform(&[3, 2, 7], &mut rng);
         let target = uniform(&[3, 3], &mut rng);
@@ -517,8 +451,8 @@ mod tests {
     #[test]
     #[should_panic(expected = "the reference's shape disagrees with the IR's")]
     fn a_wrong_node_shape_is_reported() {
-        let mut b = Builder::new(&[1, 4]);
-        b.node(Op::Flatten, &[NodeId(0)], &[5]);
+        let mut b = GraphBuilder::new(&[1, 4]);
+        b.node("flatten1", Op::Flatten, &[NodeId(0)], &[5]);
         forward(
             &b.graph,
             &mut [],
