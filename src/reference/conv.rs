@@ -37,13 +37,15 @@ pub fn forward(
     let (x, weight) = (row_major(x), row_major(weight));
     let mut y = vec![0f64; geometry.y_shape.iter().product()];
     geometry.for_each_product(|y_at, x_at, w_at| y[y_at] += x[x_at] * weight[w_at]);
-    let mut y = from_row_major(&geometry.y_shape, y);
     if let Some(bias) = bias {
-        for (out_channel, mut plane) in y.axis_iter_mut(Axis(1)).enumerate() {
-            plane += bias[out_channel];
+        // y is row-major [N, out, *S']: plane p holds output channel p mod out.
+        let output_area: usize = geometry.y_shape[2..].iter().product();
+        for (plane, values) in y.chunks_mut(output_area).enumerate() {
+            let b = bias[plane % conv.out_channels] as f64;
+            values.iter_mut().for_each(|v| *v += b);
         }
     }
-    y
+    from_row_major(&geometry.y_shape, y)
 }
 
 /// Gradients given the forward's input `x`, `weight` and the output gradient `gy: [N, out, *S']`.
