@@ -8,6 +8,9 @@
 //! [`Graph`]: [`forward`] in node order, [`backward`] in reverse node order, summing the
 //! gradients of values read by several nodes.
 //!
+//! Its own tests check every backward against central finite differences (helpers in
+//! `check.rs`) and whole graphs against the committed PyTorch goldens (`golden.rs`).
+//!
 //! The functions panic when given tensors that disagree with the graph (wrong count or shape
 //! of parameters, a missing dropout mask in training): those are mistakes of the calling code,
 //! since user files and user data are checked before they reach the engine.
@@ -24,7 +27,7 @@ pub mod join;
 pub mod loss;
 pub mod norm;
 pub mod pool;
-pub mod window;
+mod window;
 
 use ndarray::{ArrayD, IxDyn};
 
