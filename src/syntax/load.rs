@@ -36,12 +36,14 @@ pub fn read_source(
         Err(e) => {
             let at = e.utf8_error().valid_up_to();
             let text = String::from_utf8_lossy(e.as_bytes()).into_owned();
+            // The bad bytes became U+FFFD in `text`; underline that whole character.
+            let width = text[at..].chars().next().map_or(0, char::len_utf8);
             let file = sources.add(name.clone(), Some(path.to_path_buf()), text);
             Err(vec![Diagnostic::error(
                 Code::NotUtf8,
                 format!("`{name}` is not valid UTF-8"),
             )
-            .label(Span::new(file, at, at + 1), "this byte is not UTF-8")
+            .label(Span::new(file, at, at + width), "this byte is not UTF-8")
             .help("save the file as UTF-8")])
         }
     }
