@@ -1,8 +1,11 @@
 //! `exp` and `ln` as inline Cranelift IR: Cranelift has no instruction for either.
 //!
-//! Inline polynomials, not calls to exported Rust functions: a call makes every live `f32`
-//! value of the loop spill (all xmm registers are caller-saved in the System V ABI), and the
-//! polynomial can later be vectorised to `f32x4` unchanged.
+//! Inline polynomials, not calls to an exported Rust `f32::exp`: measured on this machine
+//! (cranelift 0.135, `opt_level=speed`, best of 300 runs over 2^18 elements, one thread) the
+//! inline `y = exp(x)` took 3.7 ns per element against 4.9 ns for the call, `y = x·x + exp(x) +
+//! y·x` 4.1–4.3 against 4.9, and a sigmoid (dominated by its division) 4.9 for both. A call
+//! also makes every live `f32` of the loop spill (all xmm registers are caller-saved in the
+//! System V ABI), and the polynomial can later be vectorised to `f32x4` unchanged.
 //!
 //! The polynomials are Cephes' `expf` and `logf` (S. L. Moshier, Cephes Math Library), which
 //! state a relative error of about 1 ulp in single precision; evaluated with `fma` here. The
