@@ -1,17 +1,10 @@
-//! Dropout: in training `y = x · mask / (1 − p)`, with `mask` (1 keep, 0 drop) drawn by the
-//! runtime before each step from its seeded generator; outside training `y = x`.
+//! Dropout: in training `y = x ⊙ mask`, where the runtime draws `mask` before each step from
+//! its seeded generator, each element `0` (dropped, probability `p`) or `1/(1 − p)` (kept),
+//! the same convention as `reference::dropout`, so both can be given one mask. Outside
+//! training `y = x`.
 
-use super::builder::{cst, ix, KernelBuilder, Tensor};
+use super::builder::{ix, KernelBuilder, Tensor};
 use super::loops::{Expr, Index, Kernel, Stmt};
-
-/// The factor kept elements are scaled by; `p = 1` drops everything (PyTorch gives zeros).
-fn keep_scale(p: f32) -> f32 {
-    if p < 1.0 {
-        1.0 / (1.0 - p)
-    } else {
-        0.0
-    }
-}
 
 /// `write(target, [n, e], value(source[n, e], [n, e]))` for every element (`write` is
 /// `Tensor::store` or `Tensor::accumulate`), parallel over the batch.
@@ -31,15 +24,15 @@ fn elementwise(
     kb.finish(vec![top])
 }
 
-/// Training: `y = x · mask · 1/(1 − p)`.
-pub fn forward_train(name: &str, p: f32, x: &Tensor, mask: &Tensor, y: &Tensor) -> Kernel {
+/// Training: `y = x ⊙ mask`.
+pub fn forward_train(name: &str, x: &Tensor, mask: &Tensor, y: &Tensor) -> Kernel {
     let mask = mask.rows();
     elementwise(
         format!("{name}.forward_train"),
         x,
         y,
         Tensor::store,
-        |x, at| x * mask.load(at) * cst(keep_scale(p)),
+        |x, at| x * mask.load(at),
     )
 }
 
@@ -48,15 +41,15 @@ pub fn forward_infer(name: &str, x: &Tensor, y: &Tensor) -> Kernel {
     elementwise(format!("{name}.forward"), x, y, Tensor::store, |x, _| x)
 }
 
-/// `dx += dy · mask · 1/(1 − p)`.
-pub fn backward(name: &str, p: f32, mask: &Tensor, dy: &Tensor, dx: &Tensor) -> Kernel {
+/// `dx += dy ⊙ mask`.
+pub fn backward(name: &str, mask: &Tensor, dy: &Tensor, dx: &Tensor) -> Kernel {
     let mask = mask.rows();
     elementwise(
         format!("{name}.backward_input"),
         dy,
         dx,
         Tensor::accumulate,
-        |dy, at| dy * mask.load(at) * cst(keep_scale(p)),
+        |dy, at| dy * mask.load(at),
     )
 }
 
@@ -66,18 +59,19 @@ mod tests {
     use crate::lower::interp::run;
     use crate::lower::loops::BufId;
 
+    /// p = 0.5: kept elements are scaled by 2.
     #[test]
     fn mask_scales_kept_elements_forward_and_backward() {
         let [x, mask, y, dx]: [Tensor; 4] = [0, 1, 2, 3].map(|b| Tensor::new(BufId(b), vec![2, 2]));
         let mut bufs = vec![
             vec![1., 2., 3., 4.],
-            vec![1., 0., 0., 1.],
+            vec![2., 0., 0., 2.],
             vec![0.; 4],
             vec![1.; 4],
         ];
-        run(&forward_train("d", 0.5, &x, &mask, &y), &mut bufs).unwrap();
+        run(&forward_train("d", &x, &mask, &y), &mut bufs).unwrap();
         assert_eq!(bufs[2], vec![2., 0., 0., 8.]);
-        run(&backward("d", 0.5, &mask, &x, &dx), &mut bufs).unwrap();
+        run(&backward("d", &mask, &x, &dx), &mut bufs).unwrap();
         assert_eq!(bufs[3], vec![3., 1., 1., 9.]);
         run(&forward_infer("d", &x, &y), &mut bufs).unwrap();
         assert_eq!(bufs[2], bufs[0]);

@@ -11,8 +11,8 @@
 //!
 //! Buffers the runtime fills before running a schedule: `Input`, `Params` (loaded or
 //! initialised, updated by the optimiser from `ParamGrad`s), `Labels` or `Target`, and for
-//! `train_forward` every dropout `Mask` (1.0 keep, 0.0 drop, each dropped with probability
-//! `p`). `train_forward` also updates batchnorm running statistics in their `Param` buffers.
+//! `train_forward` every dropout `Mask` (each element 0, with probability `p`, or `1/(1 − p)`;
+//! as `reference::dropout`). `train_forward` also updates batchnorm running statistics in their `Param` buffers.
 
 use super::builder::{cst, ix, KernelBuilder, Tensor};
 use super::loops::{BufId, Kernel};
@@ -194,9 +194,9 @@ fn forward(t: &Table, id: NodeId) -> Forward {
             Forward::Same(dense::forward(name, d, &tensors))
         }
         Op::Activation(a) => Forward::Same(activation::forward(name, *a, &x(), &y)),
-        Op::Dropout { p } => Forward::Modes {
+        Op::Dropout { .. } => Forward::Modes {
             infer: dropout::forward_infer(name, &x(), &y),
-            train: dropout::forward_train(name, *p, &x(), &t.extra(BufferRole::Mask(id), &y), &y),
+            train: dropout::forward_train(name, &x(), &t.extra(BufferRole::Mask(id), &y), &y),
         },
         Op::BatchNorm(bn) => {
             let tensors = NormParts::new(t, id, bn);
@@ -267,9 +267,9 @@ fn backward_kernels(t: &Table, id: NodeId) -> Vec<Kernel> {
             .map(|dx| activation::backward(name, *a, &x(), &y, &dy, &dx))
             .into_iter()
             .collect(),
-        Op::Dropout { p } => {
+        Op::Dropout { .. } => {
             let mask = t.extra(BufferRole::Mask(id), &y);
-            dx().map(|dx| dropout::backward(name, *p, &mask, &dy, &dx))
+            dx().map(|dx| dropout::backward(name, &mask, &dy, &dx))
                 .into_iter()
                 .collect()
         }
