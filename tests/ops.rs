@@ -566,7 +566,8 @@ fn branching_graph() -> Graph {
     b.graph
 }
 
-/// input [2, 7] (1-D) → conv with dilation → sigmoid → global average pool → relu → softmax.
+/// input [2, 7] (1-D) → conv with dilation → sigmoid → global average pool → relu → softmax
+/// → identity (the output shares its buffers with the softmax).
 fn one_dimensional_graph() -> Graph {
     let mut b = GraphBuilder::new(&[2, 7]);
     let weight = b.param("conv1", ParamKind::Weight, &[3, 2, 2]);
@@ -590,7 +591,8 @@ fn one_dimensional_graph() -> Graph {
     );
     let g = b.node("global_avgpool1", Op::GlobalAvgPool, &[s], &[3]);
     let r = b.node("relu1", Op::Activation(Activation::Relu), &[g], &[3]);
-    b.node("softmax1", Op::Activation(Activation::Softmax), &[r], &[3]);
+    let s = b.node("softmax1", Op::Activation(Activation::Softmax), &[r], &[3]);
+    b.node("identity1", Op::Identity, &[s], &[3]);
     b.graph
 }
 
@@ -782,8 +784,8 @@ fn one_dimensional_plan_matches_reference() {
     check_plan(&one_dimensional_graph(), 2, Loss::Mse, 4);
 }
 
-/// Flatten and identity share their input's buffers; every node that needs a gradient has
-/// one, and the input has none.
+/// Flatten and identity share their input's buffers; every node after a trainable parameter
+/// has a gradient, and the input and its max pooling have none.
 #[test]
 fn aliases_share_buffers_and_the_input_has_no_gradient() {
     let graph = branching_graph();
@@ -812,6 +814,7 @@ fn aliases_share_buffers_and_the_input_has_no_gradient() {
         plan.buffer(BufferRole::Input)
     );
     assert_eq!(plan.buffer(BufferRole::Grad(NodeId(0))), None);
+    assert_eq!(plan.buffer(BufferRole::Grad(id("maxpool1"))), None);
     assert!(plan.buffer(BufferRole::Grad(id("conv1"))).is_some());
     assert!(plan.buffers.iter().all(|b| !b.name.contains("flatten1")));
 }

@@ -4,37 +4,47 @@
 //! which the plan keeps anyway. Relu's gradient at 0 is 0, as PyTorch's.
 
 use super::builder::{abs, cmp, cst, exp, ix, local, max, select, set, KernelBuilder, Tensor};
-use super::loops::{CmpOp, Expr, Kernel};
+use super::loops::{CmpOp, Expr, Kernel, Stmt};
 use crate::ir::Activation;
 
+/// An element-wise activation: statements (which may set locals of their own) and the value
+/// of `y`, given the local holding `x`.
+type Elementwise<'a> = &'a dyn Fn(&mut KernelBuilder, Expr) -> (Vec<Stmt>, Expr);
+
 /// `1 / (1 + e^−x)`: for very negative `x` the exponential overflows to ∞ and the result is 0.
-fn sigmoid(x: Expr) -> Expr {
-    cst(1.0) / (cst(1.0) + exp(-x))
+fn sigmoid(_: &mut KernelBuilder, x: Expr) -> (Vec<Stmt>, Expr) {
+    (Vec::new(), cst(1.0) / (cst(1.0) + exp(-x)))
 }
 
-/// `tanh x = sign(x) · (1 − e^−2|x|) / (1 + e^−2|x|)`: the exponential never overflows.
-fn tanh(x: Expr) -> Expr {
-    let t = || exp(cst(-2.0) * abs(x.clone()));
-    let magnitude = (cst(1.0) - t()) / (cst(1.0) + t());
-    select(
-        cmp(CmpOp::Lt, x.clone(), cst(0.0)),
-        -magnitude.clone(),
-        magnitude,
-    )
+/// `tanh x = sign(x) · (1 − e^−2|x|) / (1 + e^−2|x|)`: the exponential never overflows, and
+/// is computed once.
+fn tanh(kb: &mut KernelBuilder, x: Expr) -> (Vec<Stmt>, Expr) {
+    let (t, magnitude) = (kb.local(), kb.local());
+    let steps = vec![
+        set(t, exp(cst(-2.0) * abs(x.clone()))),
+        set(magnitude, (cst(1.0) - local(t)) / (cst(1.0) + local(t))),
+    ];
+    let signed = select(
+        cmp(CmpOp::Lt, x, cst(0.0)),
+        -local(magnitude),
+        local(magnitude),
+    );
+    (steps, signed)
 }
 
 /// `y = f(x)`, parallel over the batch.
 pub fn forward(name: &str, activation: Activation, x: &Tensor, y: &Tensor) -> Kernel {
     let positive = |v: &Expr| cmp(CmpOp::Gt, v.clone(), cst(0.0));
-    match activation {
-        Activation::Relu => elementwise_forward(name, x, y, |v| max(v, cst(0.0))),
-        Activation::LeakyRelu { slope } => elementwise_forward(name, x, y, |v| {
-            select(positive(&v), v.clone(), cst(slope) * v)
-        }),
-        Activation::Sigmoid => elementwise_forward(name, x, y, sigmoid),
-        Activation::Tanh => elementwise_forward(name, x, y, tanh),
-        Activation::Softmax => softmax_forward(name, x, y),
-    }
+    let f: Elementwise = match activation {
+        Activation::Relu => &|_, v| (Vec::new(), max(v, cst(0.0))),
+        Activation::LeakyRelu { slope } => {
+            &move |_, v| (Vec::new(), select(positive(&v), v.clone(), cst(slope) * v))
+        }
+        Activation::Sigmoid => &sigmoid,
+        Activation::Tanh => &tanh,
+        Activation::Softmax => return softmax_forward(name, x, y),
+    };
+    elementwise_forward(name, x, y, f)
 }
 
 /// `dx += f'(x) · dy`, parallel over the batch.
@@ -65,13 +75,21 @@ pub fn backward(
     }
 }
 
-/// `y[n, e] = f(x[n, e])`
-fn elementwise_forward(name: &str, x: &Tensor, y: &Tensor, f: impl Fn(Expr) -> Expr) -> Kernel {
+/// `y[n, e] = f(x[n, e])`, with `x[n, e]` loaded once into a local.
+fn elementwise_forward(name: &str, x: &Tensor, y: &Tensor, f: Elementwise) -> Kernel {
     let (x, y) = (x.rows(), y.rows());
     let mut kb = KernelBuilder::new(format!("{name}.forward"));
     let (n, e) = (kb.var(x.dims[0]), kb.var(x.dims[1]));
+    let value = kb.local();
     let at = [ix(n), ix(e)];
-    let top = kb.parallel_for(n, vec![kb.for_(e, vec![y.store(&at, f(x.load(&at)))])]);
+    let (steps, result) = f(&mut kb, local(value));
+    let body = [
+        vec![set(value, x.load(&at))],
+        steps,
+        vec![y.store(&at, result)],
+    ]
+    .concat();
+    let top = kb.parallel_for(n, vec![kb.for_(e, body)]);
     kb.finish(vec![top])
 }
 

@@ -5,9 +5,10 @@
 //! alias their input's value and gradient buffers, so they have no kernel. Every gradient
 //! of a node is *accumulated* by its consumers (a node feeding a `concat` and a residual
 //! `add` gets the sum), so the backward pass starts by zeroing the gradient buffers, except
-//! the output's, which the loss kernel stores. The input gets no gradient, so kernels that
-//! would compute it are left out. Parameter gradients are stored whole by the one kernel of
-//! their layer.
+//! the output's, which the loss kernel stores. Only nodes with a trainable parameter at or
+//! before them get a gradient (never the input, nor a pooling of it), so kernels that would
+//! compute any other gradient are left out. Parameter gradients are stored whole by the one
+//! kernel of their layer.
 //!
 //! Buffers the runtime fills before running a schedule: `Input`, `Params` (loaded or
 //! initialised, updated by the optimiser from `ParamGrad`s), `Labels` or `Target`, and for
@@ -67,7 +68,7 @@ pub struct Plan {
     pub backward: Vec<usize>,
     /// The buffer of each node's value, by node index (aliases share).
     values: Vec<BufId>,
-    /// The buffer of each node's gradient (`None` for the input and its aliases).
+    /// The buffer of each node's gradient (`None` when no trainable parameter precedes it).
     grads: Vec<Option<BufId>>,
 }
 
@@ -121,11 +122,12 @@ pub fn plan(graph: &Graph, batch: usize, loss: Loss) -> Plan {
         },
     );
     let loss = push(loss_kernel);
+    // Zero every gradient buffer once (aliases share theirs), except the one the loss stored.
     let mut backward = Vec::new();
     for id in graph.node_ids() {
         let node = graph.node(id);
-        let owns_grad = !aliases_input(&node.op) && id != graph.output;
-        if let (true, Some(grad)) = (owns_grad, table.grad(id)) {
+        let Some(grad) = table.grad(id) else { continue };
+        if !aliases_input(&node.op) && Some(grad.buf) != output.as_ref().map(|o| o.buf) {
             backward.push(push(zero(&format!("{}.zero_grad", node.name), &grad)));
         }
     }
@@ -426,10 +428,17 @@ impl<'g> Table<'g> {
             });
             t.param_grads.push(grad);
         }
+        let has_trainable = |id: NodeId| {
+            graph
+                .params
+                .iter()
+                .any(|p| p.node == id && p.kind.trainable())
+        };
         for id in graph.node_ids() {
             let node = graph.node(id);
+            let upstream_learns = node.inputs.iter().any(|i| t.grads[i.0 as usize].is_some());
             let grad = match &node.op {
-                Op::Input => None,
+                _ if !upstream_learns && !has_trainable(id) => None,
                 op if aliases_input(op) => t.grads[node.inputs[0].0 as usize],
                 _ => Some(t.add(
                     format!("{}.grad", node.name),
