@@ -121,6 +121,12 @@ impl Buffers {
     pub fn lens(&self) -> Vec<usize> {
         self.data.iter().map(Vec::len).collect()
     }
+
+    /// Every buffer, writable, in `BufId` order (for updates that touch many at once, such as
+    /// an optimiser step over parameters and their gradients).
+    pub fn all_mut(&mut self) -> Vec<&mut [f32]> {
+        self.data.iter_mut().map(Vec::as_mut_slice).collect()
+    }
 }
 
 /// A generated function: `(table, lo, hi)`, see `translate.rs`.

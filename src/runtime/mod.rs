@@ -18,6 +18,7 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod engine;
 pub mod init;
 pub mod optim;
 pub mod report;
