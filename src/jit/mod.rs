@@ -13,11 +13,13 @@
 //! [`Compiled::run`] checks the buffer table against the lengths compiled for, then runs the
 //! pieces of a kernel in order. A parallel piece's range is split into `threads` contiguous
 //! parts run on rayon's global pool (built once by rayon; the CLI sizes it with
-//! `rayon::ThreadPoolBuilder::build_global` and `--threads`). The lowering guarantees that a
-//! parallel loop's iterations write disjoint elements and keep every reduction inside one
-//! iteration, so results are bitwise identical for every thread count.
+//! `rayon::ThreadPoolBuilder::build_global` and `--threads`). A parallel loop is split only
+//! when `disjoint.rs` proves its iterations touch disjoint elements of what they write (no data
+//! race); the lowering keeps every reduction inside one iteration, so results are bitwise
+//! identical for every thread count.
 
 mod bounds;
+mod disjoint;
 mod math;
 mod pieces;
 mod translate;
@@ -267,8 +269,8 @@ impl Drop for Compiled {
 #[derive(Clone, Copy)]
 struct Table(*const *mut f32);
 
-// SAFETY: the threads of one parallel piece run disjoint iteration ranges, which write disjoint
-// elements (the loop IR's contract for parallel loops), and `run` waits for all of them before
+// SAFETY: the threads of one parallel piece run disjoint iteration ranges, which touch disjoint
+// elements of every buffer they write (proven by `disjoint.rs`), and `run` waits for all of them before
 // the table and its buffers can be touched again.
 unsafe impl Send for Table {}
 // SAFETY: as above: the threads only pass the address on to generated code.

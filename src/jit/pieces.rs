@@ -4,7 +4,8 @@
 //! - a maximal run of top-level statements that are not parallel loops is a `Sequential`
 //!   piece, run on one thread;
 //! - a top-level loop marked `parallel` is a `Parallel` piece, whose iteration range the
-//!   runtime splits into disjoint parts run on several threads.
+//!   runtime splits into disjoint parts run on several threads — if `disjoint.rs` proves its
+//!   iterations touch disjoint elements; otherwise it runs in a sequential piece.
 //!
 //! So the order of the loop IR's top-level statements is kept however many threads run, and a
 //! kernel may mix sequential set-up, several parallel loops and sequential reductions. A local
@@ -13,7 +14,7 @@
 
 use std::collections::BTreeSet;
 
-use super::JitError;
+use super::{disjoint, JitError};
 use crate::lower::loops::{BufId, Cond, Expr, Kernel, Local, Loop, Stmt};
 
 /// A part of a kernel compiled as one function; see the module doc.
@@ -32,12 +33,16 @@ impl Piece<'_> {
     }
 }
 
-/// Splits a kernel's top-level statements into pieces, in order.
+/// Splits a kernel's top-level statements into pieces, in order. A parallel loop whose
+/// iterations are not proven disjoint (`disjoint.rs`) stays in a sequential piece.
 pub(crate) fn split_pieces(kernel: &Kernel) -> Vec<Piece<'_>> {
     let mut pieces = Vec::new();
     let mut run_start = 0;
     for (i, stmt) in kernel.body.iter().enumerate() {
         if let Stmt::Loop(lp @ Loop { parallel: true, .. }) = stmt {
+            if disjoint::iterations_are_disjoint(lp).is_err() {
+                continue;
+            }
             if run_start < i {
                 pieces.push(Piece::Sequential(&kernel.body[run_start..i]));
             }

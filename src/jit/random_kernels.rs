@@ -285,6 +285,7 @@ fn same(a: &[f32], b: &[f32]) -> bool {
 
 #[test]
 fn random_kernels_agree_with_the_interpreter_on_every_thread_count() {
+    let mut split_kernels = 0;
     for seed in 0..300 {
         let mut rng = Rng(seed);
         let rows = 1 + rng.below(5);
@@ -312,6 +313,10 @@ fn random_kernels_agree_with_the_interpreter_on_every_thread_count() {
             .unwrap_or_else(|e| panic!("seed {seed}: interpreter: {e}"));
         let compiled = Compiled::new(std::slice::from_ref(&kernel), &lens)
             .unwrap_or_else(|e| panic!("seed {seed}: {e}\n{kernel:#?}"));
+        let splits = compiled.kernels[0]
+            .iter()
+            .any(|piece| piece.parallel_extent.is_some_and(|e| e > 1));
+        split_kernels += usize::from(splits);
         for threads in [1, 2, 3] {
             let mut bufs = inputs.clone();
             compiled.run(0, &mut bufs, threads).expect("kernel runs");
@@ -324,4 +329,9 @@ fn random_kernels_agree_with_the_interpreter_on_every_thread_count() {
             }
         }
     }
+    // Each row loop is proven disjoint, so about 70% (parallel) × 80% (more than one row) split.
+    assert!(
+        split_kernels > 120,
+        "only {split_kernels} of 300 kernels ran on several threads"
+    );
 }
