@@ -268,26 +268,25 @@ impl Translator<'_> {
             .store(MemFlagsData::trusted(), value, address, offset);
     }
 
-    /// `(base + Σ 4·coeff·var, 4·offset)`: the constant byte offset goes in the instruction.
+    /// `(base + Σ 4·coeff·var, 4·offset)`: the constant byte offset goes in the instruction
+    /// when it fits in 32 bits. The checker proved the whole sum in bounds, not each part, so
+    /// the parts are computed with wrapping arithmetic, as the machine adds them.
     fn translate_address(&mut self, buf: BufId, index: &Index) -> (Value, i32) {
         let base = self.bases[buf.0 as usize].expect("used_buffers lists every accessed buffer");
-        let f32_bytes = types::F32.bytes() as i64;
+        let f32_bytes = i64::from(types::F32.bytes());
         let mut address = base;
         for &(var, coeff) in &index.terms {
             let value = self.builder.use_var(self.vars[var.0 as usize]);
-            let scaled = self.builder.ins().imul_imm_s(value, coeff * f32_bytes);
+            let scaled = self
+                .builder
+                .ins()
+                .imul_imm_s(value, coeff.wrapping_mul(f32_bytes));
             address = self.builder.ins().iadd(address, scaled);
         }
-        // The checker proved base + 4·index in bounds, so the offset fits whenever the buffer is
-        // under 2 GiB; a larger one gets its offset added here.
-        match i32::try_from(index.offset * f32_bytes) {
+        let offset_bytes = index.offset.wrapping_mul(f32_bytes);
+        match i32::try_from(offset_bytes) {
             Ok(offset) => (address, offset),
-            Err(_) => (
-                self.builder
-                    .ins()
-                    .iadd_imm_s(address, index.offset * f32_bytes),
-                0,
-            ),
+            Err(_) => (self.builder.ins().iadd_imm_s(address, offset_bytes), 0),
         }
     }
 
