@@ -278,7 +278,8 @@ unsafe impl Sync for Table {}
 
 /// Runs `entry` over `0 .. extent` split into `threads` contiguous ranges.
 fn run_split(entry: PieceFn, table: Table, extent: usize, threads: usize) {
-    let parts = threads.min(extent);
+    // At least one part, so that an empty loop is still a well-formed (empty) range.
+    let parts = threads.min(extent).max(1);
     let range = |part: usize| {
         (
             (extent * part / parts) as i64,
@@ -512,6 +513,22 @@ mod tests {
             (results[0].get(BufId(2))[0] as f64 - expected_total).abs()
                 <= 1e-5 * expected_total.abs()
         );
+    }
+
+    #[test]
+    fn empty_and_single_iteration_parallel_loops_run_on_any_thread_count() {
+        let store = |var| Stmt::Store(BufId(0), index(&[(var, 1)], 0), Expr::Const(2.0));
+        let body = vec![
+            lp(0, 0, true, vec![store(0)]),
+            lp(1, 1, true, vec![store(1)]),
+        ];
+        for threads in [0, 1, 2] {
+            let compiled =
+                Compiled::new(&[kernel(2, 0, body.clone())], &[1]).expect("kernel compiles");
+            let mut bufs = Buffers::new(&[1]);
+            compiled.run(0, &mut bufs, threads).expect("kernel runs");
+            assert_eq!(bufs.get(BufId(0)), &[2.0], "{threads} threads");
+        }
     }
 
     #[test]
