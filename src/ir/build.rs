@@ -1,17 +1,12 @@
 //! AST → [`Graph`]: blocks are called, `repeat` unrolled, `residual` desugared to `add`, `let`
-//! evaluated, and every node named and shape-checked as it is appended.
-//!
-//! Names: a node is named by its label, or by its op or block name and a 1-based count among
-//! the unlabelled same-named siblings of its naming scope (`conv1`, `conv2`). Block calls,
-//! branches and `residual` open a naming scope (`inception1.branch2.conv1`); `repeat` and
-//! `concat`/`add` do not (a `repeat` body is unrolled into its parent, and the branches of a
-//! join are siblings in the join's scope).
+//! evaluated, and every node named (`ir::names`) and shape-checked as it is appended.
 
 use std::collections::HashMap;
 
 use super::args::bind;
 use super::eval::{eval, eval_args, expect_int, Scope};
 use super::layer::{self, InputSite, OPS};
+use super::names::Naming;
 use super::params;
 use super::shape::{self, ShapeError};
 use super::train::train_config;
@@ -154,7 +149,7 @@ pub fn build_network(net: &NetworkDef, blocks: &Blocks) -> diag::Result<Graph> {
         .as_ref()
         .map_or("input", |l| l.name.as_str())
         .to_string();
-    naming.taken.insert(name.clone(), first.span);
+    naming.reserve(&name, first.span);
     let input = builder.push(Op::Input, vec![], Shape(shape), first.span, name, vec![])?;
     let output = builder.body(&net.body[lets + 1..], input, &mut scope, &mut naming, true)?;
     builder.graph.output = output;
@@ -531,51 +526,5 @@ impl<'a> Builder<'a> {
             name,
         });
         Ok(id)
-    }
-}
-
-/// Names in one naming scope: the path prefix, per-name counts, names taken.
-struct Naming {
-    prefix: String,
-    counts: HashMap<String, usize>,
-    taken: HashMap<String, Span>,
-}
-
-impl Naming {
-    fn root() -> Naming {
-        Naming {
-            prefix: String::new(),
-            counts: HashMap::new(),
-            taken: HashMap::new(),
-        }
-    }
-
-    /// The scope inside the node or call named `path`.
-    fn child(&self, path: &str) -> Naming {
-        Naming {
-            prefix: format!("{path}."),
-            counts: HashMap::new(),
-            taken: HashMap::new(),
-        }
-    }
-
-    /// The full path for a new node or scope at `span`: its label, or `base` plus a count.
-    fn claim(&mut self, label: Option<&Ident>, base: &str, span: Span) -> diag::Result<String> {
-        let local = match label {
-            Some(l) => l.name.clone(),
-            None => {
-                let count = self.counts.entry(base.to_string()).or_insert(0);
-                *count += 1;
-                format!("{base}{count}")
-            }
-        };
-        let span = label.map_or(span, |l| l.span);
-        if let Some(first) = self.taken.insert(local.clone(), span) {
-            return Err(vec![Diagnostic::error(Code::DuplicateDefinition, format!("two layers are named `{}{local}`", self.prefix))
-                .label(span, format!("named `{local}` here"))
-                .label(first, "and here")
-                .note("an unlabelled layer is named after its op and a count; labels must differ from those names and from each other")]);
-        }
-        Ok(format!("{}{local}", self.prefix))
     }
 }
