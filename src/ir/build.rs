@@ -495,9 +495,20 @@ impl<'a> Builder<'a> {
         }
         let id = NodeId(self.graph.nodes.len() as u32);
         for (kind, param_shape) in params {
-            let numel = shape::checked_numel(&param_shape).filter(|&n| n <= MAX_ELEMENTS);
-            self.param_total = numel
-                .and_then(|n| self.param_total.checked_add(n))
+            let param_name = format!("{name}.{}", kind.suffix());
+            let Some(numel) = shape::checked_numel(&param_shape).filter(|&n| n <= MAX_ELEMENTS)
+            else {
+                return Err(vec![too_large(
+                    span,
+                    format!(
+                        "`{param_name}` {} has more than {MAX_ELEMENTS} elements",
+                        Shape(param_shape)
+                    ),
+                )]);
+            };
+            self.param_total = self
+                .param_total
+                .checked_add(numel)
                 .filter(|&t| t <= MAX_PARAMS)
                 .ok_or_else(|| {
                     vec![too_large(
@@ -506,7 +517,7 @@ impl<'a> Builder<'a> {
                     )]
                 })?;
             self.graph.params.push(Param {
-                name: format!("{name}.{}", kind.suffix()),
+                name: param_name,
                 shape: param_shape,
                 kind,
                 node: id,
