@@ -9,6 +9,7 @@ use miette::{GraphicalReportHandler, GraphicalTheme, LabeledSpan, NamedSource};
 
 use crate::diag::Diagnostic;
 use crate::span::{FileId, SourceMap};
+use crate::syntax::PRELUDE_NAME;
 
 /// Fixed so that rendered text (and the snapshots of it) does not depend on the terminal.
 const WIDTH: usize = 100;
@@ -60,18 +61,22 @@ struct Report {
 
 impl Report {
     fn new(sources: &SourceMap, d: &Diagnostic) -> Report {
-        let primary_file: Option<FileId> = d
-            .labels
-            .first()
-            .map(|(s, _)| s.file)
-            .filter(|f| (f.0 as usize) < sources.files.len());
+        // Show the user's own file when a label is in it: a mistake inside a prelude block is
+        // best shown at the user's call, with the prelude line as a note.
+        let known = |f: &FileId| (f.0 as usize) < sources.files.len();
+        let files: Vec<FileId> = d.labels.iter().map(|(s, _)| s.file).filter(known).collect();
+        let primary_file: Option<FileId> = files
+            .iter()
+            .copied()
+            .find(|&f| sources.file(f).name != PRELUDE_NAME)
+            .or(files.first().copied());
         let mut labels = Vec::new();
         let mut notes = Vec::new();
-        for (i, (span, text)) in d.labels.iter().enumerate() {
+        for (span, text) in &d.labels {
             if Some(span.file) == primary_file {
                 let len = (span.end.saturating_sub(span.start)) as usize;
                 let label = Some(text.clone()).filter(|t| !t.is_empty());
-                labels.push(if i == 0 {
+                labels.push(if labels.is_empty() {
                     LabeledSpan::new_primary_with_span(label, (span.start as usize, len))
                 } else {
                     LabeledSpan::new_with_span(label, (span.start as usize, len))
