@@ -1,0 +1,248 @@
+//! Activations: element-wise relu, leaky relu, sigmoid, tanh; softmax over the channel axis.
+//!
+//! Sigmoid and tanh backward read the forward *output* (`σ' = y(1 − y)`, `tanh' = 1 − y²`),
+//! which the plan keeps anyway. Relu's gradient at 0 is 0, as PyTorch's.
+
+use super::builder::{abs, cmp, cst, exp, ix, local, max, select, set, KernelBuilder, Tensor};
+use super::loops::{CmpOp, Expr, Kernel, Stmt};
+use crate::ir::Activation;
+
+/// An element-wise activation: statements (which may set locals of their own) and the value
+/// of `y`, given the local holding `x`.
+type Elementwise<'a> = &'a dyn Fn(&mut KernelBuilder, Expr) -> (Vec<Stmt>, Expr);
+
+/// `1 / (1 + e^−x)`: for very negative `x` the exponential overflows to ∞ and the result is 0.
+fn sigmoid(_: &mut KernelBuilder, x: Expr) -> (Vec<Stmt>, Expr) {
+    (Vec::new(), cst(1.0) / (cst(1.0) + exp(-x)))
+}
+
+/// `tanh x = sign(x) · (1 − e^−2|x|) / (1 + e^−2|x|)`: the exponential never overflows, and
+/// is computed once.
+fn tanh(kb: &mut KernelBuilder, x: Expr) -> (Vec<Stmt>, Expr) {
+    let (t, magnitude) = (kb.local(), kb.local());
+    let steps = vec![
+        set(t, exp(cst(-2.0) * abs(x.clone()))),
+        set(magnitude, (cst(1.0) - local(t)) / (cst(1.0) + local(t))),
+    ];
+    let signed = select(
+        cmp(CmpOp::Lt, x, cst(0.0)),
+        -local(magnitude),
+        local(magnitude),
+    );
+    (steps, signed)
+}
+
+/// `y = f(x)`, parallel over the batch.
+pub fn forward(name: &str, activation: Activation, x: &Tensor, y: &Tensor) -> Kernel {
+    let positive = |v: &Expr| cmp(CmpOp::Gt, v.clone(), cst(0.0));
+    let f: Elementwise = match activation {
+        Activation::Relu => &|_, v| (Vec::new(), max(v, cst(0.0))),
+        Activation::LeakyRelu { slope } => {
+            &move |_, v| (Vec::new(), select(positive(&v), v.clone(), cst(slope) * v))
+        }
+        Activation::Sigmoid => &sigmoid,
+        Activation::Tanh => &tanh,
+        Activation::Softmax => return softmax_forward(name, x, y),
+    };
+    elementwise_forward(name, x, y, f)
+}
+
+/// `dx += f'(x) · dy`, parallel over the batch.
+pub fn backward(
+    name: &str,
+    activation: Activation,
+    x: &Tensor,
+    y: &Tensor,
+    dy: &Tensor,
+    dx: &Tensor,
+) -> Kernel {
+    let positive = |v: &Expr| cmp(CmpOp::Gt, v.clone(), cst(0.0));
+    let t = ElementwiseGrad { x, y, dy, dx };
+    match activation {
+        Activation::Relu => {
+            elementwise_backward(name, &t, |x, _, g| select(positive(&x), g, cst(0.0)))
+        }
+        Activation::LeakyRelu { slope } => elementwise_backward(name, &t, |x, _, g| {
+            select(positive(&x), g.clone(), cst(slope) * g)
+        }),
+        Activation::Sigmoid => {
+            elementwise_backward(name, &t, |_, y, g| g * y.clone() * (cst(1.0) - y))
+        }
+        Activation::Tanh => {
+            elementwise_backward(name, &t, |_, y, g| g * (cst(1.0) - y.clone() * y))
+        }
+        Activation::Softmax => softmax_backward(name, y, dy, dx),
+    }
+}
+
+/// `y[n, e] = f(x[n, e])`, with `x[n, e]` loaded once into a local.
+fn elementwise_forward(name: &str, x: &Tensor, y: &Tensor, f: Elementwise) -> Kernel {
+    let (x, y) = (x.rows(), y.rows());
+    let mut kb = KernelBuilder::new(format!("{name}.forward"));
+    let (n, e) = (kb.var(x.dims[0]), kb.var(x.dims[1]));
+    let value = kb.local();
+    let at = [ix(n), ix(e)];
+    let (steps, result) = f(&mut kb, local(value));
+    let body = [
+        vec![set(value, x.load(&at))],
+        steps,
+        vec![y.store(&at, result)],
+    ]
+    .concat();
+    let top = kb.parallel_for(n, vec![kb.for_(e, body)]);
+    kb.finish(vec![top])
+}
+
+struct ElementwiseGrad<'a> {
+    x: &'a Tensor,
+    y: &'a Tensor,
+    dy: &'a Tensor,
+    dx: &'a Tensor,
+}
+
+/// `dx[n, e] += f(x[n, e], y[n, e], dy[n, e])`
+fn elementwise_backward(
+    name: &str,
+    t: &ElementwiseGrad,
+    f: impl Fn(Expr, Expr, Expr) -> Expr,
+) -> Kernel {
+    let (x, y, dy, dx) = (t.x.rows(), t.y.rows(), t.dy.rows(), t.dx.rows());
+    let mut kb = KernelBuilder::new(format!("{name}.backward_input"));
+    let (n, e) = (kb.var(x.dims[0]), kb.var(x.dims[1]));
+    let at = [ix(n), ix(e)];
+    let value = f(x.load(&at), y.load(&at), dy.load(&at));
+    let top = kb.parallel_for(n, vec![kb.for_(e, vec![dx.accumulate(&at, value)])]);
+    kb.finish(vec![top])
+}
+
+/// `y[n, c, p] = e^(x − m) / Σ_c e^(x − m)` with `m` the channel maximum (no overflow),
+/// parallel over the batch.
+fn softmax_forward(name: &str, x: &Tensor, y: &Tensor) -> Kernel {
+    let (x, y) = (x.channels_view(), y.channels_view());
+    let mut kb = KernelBuilder::new(format!("{name}.forward"));
+    let (n, p) = (kb.var(x.dims[0]), kb.var(x.dims[2]));
+    let (c1, c2, c3) = (kb.var(x.dims[1]), kb.var(x.dims[1]), kb.var(x.dims[1]));
+    let (top_value, sum) = (kb.local(), kb.local());
+    let shifted = |c| exp(x.load(&[ix(n), ix(c), ix(p)]) - local(top_value));
+    let per_position = vec![
+        set(top_value, cst(f32::NEG_INFINITY)),
+        kb.for_(
+            c1,
+            vec![set(
+                top_value,
+                max(local(top_value), x.load(&[ix(n), ix(c1), ix(p)])),
+            )],
+        ),
+        set(sum, cst(0.0)),
+        kb.for_(c2, vec![set(sum, local(sum) + shifted(c2))]),
+        kb.for_(
+            c3,
+            vec![y.store(&[ix(n), ix(c3), ix(p)], shifted(c3) / local(sum))],
+        ),
+    ];
+    let top = kb.parallel_for(n, vec![kb.for_(p, per_position)]);
+    kb.finish(vec![top])
+}
+
+/// `dx = y ⊙ (dy − Σ_c dy·y)` over the channel axis, parallel over the batch.
+fn softmax_backward(name: &str, y: &Tensor, dy: &Tensor, dx: &Tensor) -> Kernel {
+    let (y, dy, dx) = (y.channels_view(), dy.channels_view(), dx.channels_view());
+    let mut kb = KernelBuilder::new(format!("{name}.backward_input"));
+    let (n, p) = (kb.var(y.dims[0]), kb.var(y.dims[2]));
+    let (c1, c2) = (kb.var(y.dims[1]), kb.var(y.dims[1]));
+    let dot = kb.local();
+    let at = |c| [ix(n), ix(c), ix(p)];
+    let per_position = vec![
+        set(dot, cst(0.0)),
+        kb.for_(
+            c1,
+            vec![set(
+                dot,
+                super::builder::fma(dy.load(&at(c1)), y.load(&at(c1)), local(dot)),
+            )],
+        ),
+        kb.for_(
+            c2,
+            vec![dx.accumulate(&at(c2), y.load(&at(c2)) * (dy.load(&at(c2)) - local(dot)))],
+        ),
+    ];
+    let top = kb.parallel_for(n, vec![kb.for_(p, per_position)]);
+    kb.finish(vec![top])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lower::interp::run;
+    use crate::lower::loops::BufId;
+
+    const TOL: f32 = 1e-6;
+
+    /// Runs forward then backward with dy = 1 on one sample of `xs`; returns (y, dx).
+    fn run_both(activation: Activation, xs: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        let shape = vec![1, xs.len()];
+        let t = |b| Tensor::new(BufId(b), shape.clone());
+        let (x, y, dy, dx) = (t(0), t(1), t(2), t(3));
+        let k = xs.len();
+        let mut bufs = vec![xs.to_vec(), vec![0.; k], vec![1.; k], vec![0.; k]];
+        run(&forward("a", activation, &x, &y), &mut bufs).unwrap();
+        run(&backward("a", activation, &x, &y, &dy, &dx), &mut bufs).unwrap();
+        (bufs[1].clone(), bufs[3].clone())
+    }
+
+    fn close(a: &[f32], b: &[f32]) -> bool {
+        a.len() == b.len() && a.iter().zip(b).all(|(a, b)| (a - b).abs() <= TOL)
+    }
+
+    #[test]
+    fn relu_and_leaky_relu() {
+        let (y, dx) = run_both(Activation::Relu, &[-2., 0., 3.]);
+        assert_eq!((y, dx), (vec![0., 0., 3.], vec![0., 0., 1.]));
+        let (y, dx) = run_both(Activation::LeakyRelu { slope: 0.5 }, &[-2., 0., 3.]);
+        assert_eq!((y, dx), (vec![-1., 0., 3.], vec![0.5, 0.5, 1.]));
+    }
+
+    #[test]
+    fn sigmoid_and_tanh_match_std_within_1e_6() {
+        let xs = [-100., -3., -0.5, 0., 0.5, 3., 100.];
+        let (y, dx) = run_both(Activation::Sigmoid, &xs);
+        let s: Vec<f32> = xs.iter().map(|x| 1. / (1. + (-x).exp())).collect();
+        assert!(close(&y, &s), "{y:?}");
+        assert!(close(
+            &dx,
+            &s.iter().map(|s| s * (1. - s)).collect::<Vec<_>>()
+        ));
+        let (y, dx) = run_both(Activation::Tanh, &xs);
+        let t: Vec<f32> = xs.iter().map(|x| x.tanh()).collect();
+        assert!(close(&y, &t), "{y:?}");
+        assert!(close(
+            &dx,
+            &t.iter().map(|t| 1. - t * t).collect::<Vec<_>>()
+        ));
+    }
+
+    /// Softmax over 2 channels at 2 positions: channel axis is the middle one.
+    #[test]
+    fn softmax_over_channels() {
+        let x = Tensor::new(BufId(0), vec![1, 2, 2]);
+        let y = Tensor::new(BufId(1), vec![1, 2, 2]);
+        let dy = Tensor::new(BufId(2), vec![1, 2, 2]);
+        let dx = Tensor::new(BufId(3), vec![1, 2, 2]);
+        // Position 0 has logits (0, ln 3) → (1/4, 3/4); position 1 has (1000, 1000) → halves.
+        let mut bufs = vec![
+            vec![0., 1000., 3f32.ln(), 1000.],
+            vec![0.; 4],
+            vec![1., 0., 0., 0.],
+            vec![0.; 4],
+        ];
+        run(&forward("s", Activation::Softmax, &x, &y), &mut bufs).unwrap();
+        assert!(close(&bufs[1], &[0.25, 0.5, 0.75, 0.5]), "{:?}", bufs[1]);
+        run(
+            &backward("s", Activation::Softmax, &x, &y, &dy, &dx),
+            &mut bufs,
+        )
+        .unwrap();
+        // dx = y(dy − y·dy): position 0 → (1/4·3/4, 3/4·(−1/4)).
+        assert!(close(&bufs[3], &[0.1875, 0., -0.1875, 0.]), "{:?}", bufs[3]);
+    }
+}

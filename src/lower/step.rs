@@ -1,0 +1,508 @@
+//! The plan: every buffer and kernel of a network at one batch size, and the order in which
+//! inference, a training forward pass, the loss and the backward pass run them.
+//!
+//! Buffers hold `f32`s, activations batch-first (`[N, C, *S]`, NCHW). Flatten and identity
+//! alias their input's value and gradient buffers, so they have no kernel. Every gradient
+//! of a node is *accumulated* by its consumers (a node feeding a `concat` and a residual
+//! `add` gets the sum), so the backward pass starts by zeroing the gradient buffers, except
+//! the output's, which the loss kernel stores. Only nodes with a trainable parameter at or
+//! before them get a gradient (never the input, nor a pooling of it), so kernels that would
+//! compute any other gradient are left out. Parameter gradients are stored whole by the one
+//! kernel of their layer.
+//!
+//! Buffers the runtime fills before running a schedule: `Input`, `Params` (loaded or
+//! initialised, updated by the optimiser from `ParamGrad`s), `Labels` or `Target`, and for
+//! `train_forward` every dropout `Mask` (each element 0, with probability `p`, or `1/(1 − p)`;
+//! as `reference::dropout`). `train_forward` also updates batchnorm running statistics in their `Param` buffers.
+
+use super::builder::{cst, ix, KernelBuilder, Tensor};
+use super::loops::{BufId, Kernel};
+use super::loss::LossTensors;
+use super::{activation, conv, dense, dropout, join, loss, norm, pool};
+use crate::ir::{BatchNorm, Graph, Loss, Node, NodeId, Op, ParamId};
+
+/// What a buffer of the plan holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BufferRole {
+    /// The batch of inputs, `[N, *input]`; also the value of node 0.
+    Input,
+    /// Class indices as `f32`, `[N]` (cross-entropy).
+    Labels,
+    /// Targets of the output's shape, `[N, *output]` (MSE).
+    Target,
+    /// A node's output, `[N, *shape]`.
+    Value(NodeId),
+    /// The gradient of the mean loss with respect to a node's output.
+    Grad(NodeId),
+    Param(ParamId),
+    ParamGrad(ParamId),
+    /// Per-sample loss `[N]`; its mean is the loss.
+    Loss,
+    /// Dropout mask of a node, like its value; filled by the runtime.
+    Mask(NodeId),
+    /// Statistics kept from the training forward for backward: batchnorm `mean`, `invstd`.
+    Saved(NodeId, &'static str),
+}
+
+/// One buffer: a stable name for dumps and errors, its length in `f32`s, its role.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BufferDecl {
+    pub name: String,
+    pub len: usize,
+    pub role: BufferRole,
+}
+
+/// Everything needed to run a network at one batch size; `BufId(i)` is `buffers[i]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub batch: usize,
+    pub buffers: Vec<BufferDecl>,
+    pub kernels: Vec<Kernel>,
+    /// Kernel indices of the inference forward pass (dropout off, batchnorm running stats).
+    pub infer: Vec<usize>,
+    /// The training forward pass (dropout masks, batchnorm batch stats and running update).
+    pub train_forward: Vec<usize>,
+    /// Per-sample loss and the gradient of the output.
+    pub loss: usize,
+    /// Gradient zeroing, then each node's gradients in reverse node order.
+    pub backward: Vec<usize>,
+    /// The buffer of each node's value, by node index (aliases share).
+    values: Vec<BufId>,
+    /// The buffer of each node's gradient (`None` when no trainable parameter precedes it).
+    grads: Vec<Option<BufId>>,
+}
+
+impl Plan {
+    /// The buffer playing `role`, if the plan has one (a `Value` or `Grad` of an alias node is
+    /// its input's buffer).
+    pub fn buffer(&self, role: BufferRole) -> Option<BufId> {
+        match role {
+            BufferRole::Value(node) => self.values.get(node.0 as usize).copied(),
+            BufferRole::Grad(node) => self.grads.get(node.0 as usize).copied().flatten(),
+            _ => self
+                .buffers
+                .iter()
+                .position(|b| b.role == role)
+                .map(|i| BufId(i as u32)),
+        }
+    }
+}
+
+/// Lowers `graph` at batch size `batch` with the loss `loss`.
+pub fn plan(graph: &Graph, batch: usize, loss: Loss) -> Plan {
+    let table = Table::new(graph, batch, loss);
+    let mut kernels = Vec::new();
+    let mut push = |k: Kernel| {
+        kernels.push(k);
+        kernels.len() - 1
+    };
+    let (mut infer, mut train_forward) = (Vec::new(), Vec::new());
+    for id in graph.node_ids() {
+        match forward(&table, id) {
+            Forward::Nothing => {}
+            Forward::Same(k) => {
+                let i = push(k);
+                infer.push(i);
+                train_forward.push(i);
+            }
+            Forward::Modes { infer: k, train } => {
+                infer.push(push(k));
+                train_forward.push(push(train));
+            }
+        }
+    }
+    let output = table.grad(graph.output);
+    let loss_kernel = loss::forward_backward(
+        loss,
+        &LossTensors {
+            output: &table.value(graph.output),
+            truth: &table.truth,
+            loss: &table.loss,
+            dy: output.as_ref(),
+        },
+    );
+    let loss = push(loss_kernel);
+    // Zero every gradient buffer once (aliases share theirs), except the one the loss stored.
+    let mut backward = Vec::new();
+    for id in graph.node_ids() {
+        let node = graph.node(id);
+        let Some(grad) = table.grad(id) else { continue };
+        if !aliases_input(&node.op) && Some(grad.buf) != output.as_ref().map(|o| o.buf) {
+            backward.push(push(zero(&format!("{}.zero_grad", node.name), &grad)));
+        }
+    }
+    for id in (0..graph.nodes.len() as u32).rev().map(NodeId) {
+        for k in backward_kernels(&table, id) {
+            backward.push(push(k));
+        }
+    }
+    Plan {
+        batch,
+        buffers: table.decls,
+        kernels,
+        infer,
+        train_forward,
+        loss,
+        backward,
+        values: table.values,
+        grads: table.grads,
+    }
+}
+
+/// Flatten and identity reuse their input's buffers (flatten is row-major, so it is free).
+fn aliases_input(op: &Op) -> bool {
+    matches!(op, Op::Flatten | Op::Identity)
+}
+
+/// The forward kernels of one node.
+enum Forward {
+    Nothing,
+    /// One kernel for inference and training.
+    Same(Kernel),
+    /// Dropout and batchnorm behave differently in training.
+    Modes {
+        infer: Kernel,
+        train: Kernel,
+    },
+}
+
+fn forward(t: &Table, id: NodeId) -> Forward {
+    let node = t.graph.node(id);
+    let name = node.name.as_str();
+    let x = || t.value(node.inputs[0]);
+    let y = t.value(id);
+    match &node.op {
+        Op::Input | Op::Flatten | Op::Identity => Forward::Nothing,
+        Op::Conv(c) => {
+            let (x, weight, bias) = (x(), t.param(c.weight), c.bias.map(|b| t.param(b)));
+            let tensors = conv::ConvTensors {
+                x: &x,
+                weight: &weight,
+                bias: bias.as_ref(),
+                y: &y,
+            };
+            Forward::Same(conv::forward(name, c, &tensors))
+        }
+        Op::Pool(p) => Forward::Same(pool::forward(name, p, &x(), &y)),
+        Op::GlobalAvgPool => Forward::Same(pool::global_avg_forward(name, &x(), &y)),
+        Op::Dense(d) => {
+            let (x, weight, bias) = (x(), t.param(d.weight), d.bias.map(|b| t.param(b)));
+            let tensors = dense::DenseTensors {
+                x: &x,
+                weight: &weight,
+                bias: bias.as_ref(),
+                y: &y,
+            };
+            Forward::Same(dense::forward(name, d, &tensors))
+        }
+        Op::Activation(a) => Forward::Same(activation::forward(name, *a, &x(), &y)),
+        Op::Dropout { .. } => Forward::Modes {
+            infer: dropout::forward_infer(name, &x(), &y),
+            train: dropout::forward_train(name, &x(), &t.extra(BufferRole::Mask(id), &y), &y),
+        },
+        Op::BatchNorm(bn) => {
+            let tensors = NormParts::new(t, id, bn);
+            Forward::Modes {
+                infer: norm::forward_infer(name, bn, &tensors.view()),
+                train: norm::forward_train(name, bn, &tensors.view()),
+            }
+        }
+        Op::Concat => {
+            let xs: Vec<Tensor> = node.inputs.iter().map(|&i| t.value(i)).collect();
+            Forward::Same(join::concat_forward(
+                name,
+                &xs.iter().collect::<Vec<_>>(),
+                &y,
+            ))
+        }
+        Op::Add => {
+            let xs: Vec<Tensor> = node.inputs.iter().map(|&i| t.value(i)).collect();
+            Forward::Same(join::add_forward(name, &xs.iter().collect::<Vec<_>>(), &y))
+        }
+    }
+}
+
+fn backward_kernels(t: &Table, id: NodeId) -> Vec<Kernel> {
+    let node = t.graph.node(id);
+    let Some(dy) = t.grad(id) else {
+        return Vec::new();
+    };
+    let name = node.name.as_str();
+    let x = || t.value(node.inputs[0]);
+    let dx = || t.grad(node.inputs[0]);
+    let y = t.value(id);
+    match &node.op {
+        Op::Input | Op::Flatten | Op::Identity => Vec::new(),
+        Op::Conv(c) => {
+            let (x, weight, bias) = (x(), t.param(c.weight), c.bias.map(|b| t.param(b)));
+            let tensors = conv::ConvTensors {
+                x: &x,
+                weight: &weight,
+                bias: bias.as_ref(),
+                y: &y,
+            };
+            let dbias = c.bias.map(|b| t.param_grad(b));
+            let dw = t.param_grad(c.weight);
+            conv::backward(name, c, &tensors, &dy, dx().as_ref(), &dw, dbias.as_ref())
+        }
+        Op::Pool(p) => dx()
+            .map(|dx| pool::backward(name, p, &x(), &y, &dy, &dx))
+            .into_iter()
+            .collect(),
+        Op::GlobalAvgPool => dx()
+            .map(|dx| pool::global_avg_backward(name, &dy, &dx))
+            .into_iter()
+            .collect(),
+        Op::Dense(d) => {
+            let (x, weight, bias) = (x(), t.param(d.weight), d.bias.map(|b| t.param(b)));
+            let tensors = dense::DenseTensors {
+                x: &x,
+                weight: &weight,
+                bias: bias.as_ref(),
+                y: &y,
+            };
+            let dbias = d.bias.map(|b| t.param_grad(b));
+            let dw = t.param_grad(d.weight);
+            dense::backward(name, d, &tensors, &dy, dx().as_ref(), &dw, dbias.as_ref())
+        }
+        Op::Activation(a) => dx()
+            .map(|dx| activation::backward(name, *a, &x(), &y, &dy, &dx))
+            .into_iter()
+            .collect(),
+        Op::Dropout { .. } => {
+            let mask = t.extra(BufferRole::Mask(id), &y);
+            dx().map(|dx| dropout::backward(name, &mask, &dy, &dx))
+                .into_iter()
+                .collect()
+        }
+        Op::BatchNorm(bn) => {
+            let parts = NormParts::new(t, id, bn);
+            let (dw, db) = (t.param_grad(bn.weight), t.param_grad(bn.bias));
+            vec![norm::backward(
+                name,
+                &parts.view(),
+                &dy,
+                dx().as_ref(),
+                &dw,
+                &db,
+            )]
+        }
+        Op::Concat => {
+            let xs: Vec<Tensor> = node.inputs.iter().map(|&i| t.value(i)).collect();
+            let dxs: Vec<Option<Tensor>> = node.inputs.iter().map(|&i| t.grad(i)).collect();
+            let dxs: Vec<Option<&Tensor>> = dxs.iter().map(Option::as_ref).collect();
+            vec![join::concat_backward(
+                name,
+                &xs.iter().collect::<Vec<_>>(),
+                &dy,
+                &dxs,
+            )]
+        }
+        Op::Add => {
+            let dxs: Vec<Option<Tensor>> = node.inputs.iter().map(|&i| t.grad(i)).collect();
+            let dxs: Vec<Option<&Tensor>> = dxs.iter().map(Option::as_ref).collect();
+            vec![join::add_backward(name, &dy, &dxs)]
+        }
+    }
+}
+
+/// The owned tensors of a batchnorm node, lent out as `norm::NormTensors`.
+struct NormParts {
+    x: Tensor,
+    y: Tensor,
+    params: [Tensor; 4],
+    saved: [Tensor; 2],
+}
+
+impl NormParts {
+    fn new(t: &Table, id: NodeId, bn: &BatchNorm) -> NormParts {
+        let node = t.graph.node(id);
+        let channels = Tensor::new(BufId(0), vec![bn.channels]);
+        NormParts {
+            x: t.value(node.inputs[0]),
+            y: t.value(id),
+            params: [bn.weight, bn.bias, bn.running_mean, bn.running_var].map(|p| t.param(p)),
+            saved: ["mean", "invstd"].map(|what| t.extra(BufferRole::Saved(id, what), &channels)),
+        }
+    }
+
+    fn view(&self) -> norm::NormTensors<'_> {
+        let [weight, bias, running_mean, running_var] = &self.params;
+        let [saved_mean, saved_invstd] = &self.saved;
+        norm::NormTensors {
+            x: &self.x,
+            y: &self.y,
+            weight,
+            bias,
+            running_mean,
+            running_var,
+            saved_mean,
+            saved_invstd,
+        }
+    }
+}
+
+/// `t = 0`, parallel over the batch.
+fn zero(name: &str, t: &Tensor) -> Kernel {
+    let t = t.rows();
+    let mut kb = KernelBuilder::new(name);
+    let (n, e) = (kb.var(t.dims[0]), kb.var(t.dims[1]));
+    let top = kb.parallel_for(
+        n,
+        vec![kb.for_(e, vec![t.store(&[ix(n), ix(e)], cst(0.0))])],
+    );
+    kb.finish(vec![top])
+}
+
+/// The buffer table while the plan is built, with tensor views of each buffer.
+struct Table<'g> {
+    graph: &'g Graph,
+    batch: usize,
+    decls: Vec<BufferDecl>,
+    values: Vec<BufId>,
+    grads: Vec<Option<BufId>>,
+    params: Vec<BufId>,
+    param_grads: Vec<Option<BufId>>,
+    truth: Tensor,
+    loss: Tensor,
+}
+
+impl<'g> Table<'g> {
+    /// Declares, in this order: the input; each node's value, mask and saved statistics; each
+    /// parameter and its gradient; each node's gradient; labels or target; the loss.
+    fn new(graph: &'g Graph, batch: usize, loss: Loss) -> Table<'g> {
+        let mut t = Table {
+            graph,
+            batch,
+            decls: Vec::new(),
+            values: Vec::new(),
+            grads: Vec::new(),
+            params: Vec::new(),
+            param_grads: Vec::new(),
+            truth: Tensor::new(BufId(0), vec![batch]),
+            loss: Tensor::new(BufId(0), vec![batch]),
+        };
+        let per_sample = |node: &Node| batch * node.shape.numel();
+        for id in graph.node_ids() {
+            let node = graph.node(id);
+            let value = match &node.op {
+                Op::Input => t.add("input".into(), per_sample(node), BufferRole::Input),
+                op if aliases_input(op) => t.values[node.inputs[0].0 as usize],
+                _ => t.add(
+                    format!("{}.value", node.name),
+                    per_sample(node),
+                    BufferRole::Value(id),
+                ),
+            };
+            t.values.push(value);
+            match &node.op {
+                Op::Dropout { .. } => {
+                    t.add(
+                        format!("{}.mask", node.name),
+                        per_sample(node),
+                        BufferRole::Mask(id),
+                    );
+                }
+                Op::BatchNorm(bn) => {
+                    for what in ["mean", "invstd"] {
+                        let role = BufferRole::Saved(id, what);
+                        t.add(format!("{}.saved_{what}", node.name), bn.channels, role);
+                    }
+                }
+                _ => {}
+            }
+        }
+        for (i, param) in graph.params.iter().enumerate() {
+            let id = ParamId(i as u32);
+            let buf = t.add(param.name.clone(), param.numel(), BufferRole::Param(id));
+            t.params.push(buf);
+        }
+        for (i, param) in graph.params.iter().enumerate() {
+            let id = ParamId(i as u32);
+            let grad = param.kind.trainable().then(|| {
+                t.add(
+                    format!("{}.grad", param.name),
+                    param.numel(),
+                    BufferRole::ParamGrad(id),
+                )
+            });
+            t.param_grads.push(grad);
+        }
+        let has_trainable = |id: NodeId| {
+            graph
+                .params
+                .iter()
+                .any(|p| p.node == id && p.kind.trainable())
+        };
+        for id in graph.node_ids() {
+            let node = graph.node(id);
+            let upstream_learns = node.inputs.iter().any(|i| t.grads[i.0 as usize].is_some());
+            let grad = match &node.op {
+                _ if !upstream_learns && !has_trainable(id) => None,
+                op if aliases_input(op) => t.grads[node.inputs[0].0 as usize],
+                _ => Some(t.add(
+                    format!("{}.grad", node.name),
+                    per_sample(node),
+                    BufferRole::Grad(id),
+                )),
+            };
+            t.grads.push(grad);
+        }
+        let truth = match loss {
+            Loss::CrossEntropy => (
+                t.add("labels".into(), batch, BufferRole::Labels),
+                vec![batch],
+            ),
+            Loss::Mse => {
+                let output = graph.node(graph.output);
+                let dims = [vec![batch], output.shape.0.clone()].concat();
+                (
+                    t.add("target".into(), per_sample(output), BufferRole::Target),
+                    dims,
+                )
+            }
+        };
+        t.truth = Tensor::new(truth.0, truth.1);
+        t.loss = Tensor::new(t.add("loss".into(), batch, BufferRole::Loss), vec![batch]);
+        t
+    }
+
+    fn add(&mut self, name: String, len: usize, role: BufferRole) -> BufId {
+        self.decls.push(BufferDecl { name, len, role });
+        BufId(self.decls.len() as u32 - 1)
+    }
+
+    fn activation_dims(&self, id: NodeId) -> Vec<usize> {
+        [vec![self.batch], self.graph.node(id).shape.0.clone()].concat()
+    }
+
+    fn value(&self, id: NodeId) -> Tensor {
+        Tensor::new(self.values[id.0 as usize], self.activation_dims(id))
+    }
+
+    fn grad(&self, id: NodeId) -> Option<Tensor> {
+        self.grads[id.0 as usize].map(|buf| Tensor::new(buf, self.activation_dims(id)))
+    }
+
+    fn param(&self, id: ParamId) -> Tensor {
+        Tensor::new(
+            self.params[id.0 as usize],
+            self.graph.param(id).shape.clone(),
+        )
+    }
+
+    fn param_grad(&self, id: ParamId) -> Tensor {
+        let buf = self.param_grads[id.0 as usize].expect("trainable parameters have gradients");
+        Tensor::new(buf, self.graph.param(id).shape.clone())
+    }
+
+    /// The buffer declared for `role` (a mask or saved statistics), shaped like `like`.
+    fn extra(&self, role: BufferRole, like: &Tensor) -> Tensor {
+        let index = self
+            .decls
+            .iter()
+            .position(|d| d.role == role)
+            .expect("masks and saved statistics are declared with their node");
+        Tensor::new(BufId(index as u32), like.dims.clone())
+    }
+}
