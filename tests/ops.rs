@@ -1,8 +1,10 @@
 //! The lowered kernels against the reference, forward and backward, on random shapes and
 //! hyper-parameters (proptest), then whole plans against `reference::forward`/`backward`.
 //!
-//! Kernels run through the bounds-checking interpreter (`lower::interp`), so every random case
-//! also proves that no generated access leaves its buffer. Tolerance: `|a − b| ≤ 1e-4 +
+//! Kernels run through the checking interpreter (`lower::interp::run_checking_parallel`), so
+//! every random case also shows that no generated access leaves its buffer and that the
+//! iterations of every parallel loop touch disjoint elements (bitwise identical results for
+//! any thread count). Tolerance: `|a − b| ≤ 1e-4 +
 //! 1e-4·|b|` per element for single ops (f32 with fused multiply-adds against the reference's
 //! f64 sums of at most a few hundred terms of magnitude ≤ 3), `1e-4 + 1e-3·|b|` for whole
 //! graphs, where batchnorm divides rounding errors by small standard deviations.
@@ -80,7 +82,7 @@ impl Machine {
     }
 
     fn run(&mut self, kernel: &Kernel) {
-        interp::run(kernel, &mut self.bufs).unwrap_or_else(|e| panic!("{e}"));
+        interp::run_checking_parallel(kernel, &mut self.bufs).unwrap_or_else(|e| panic!("{e}"));
     }
 
     fn get(&self, t: &Tensor) -> ArrayD<f32> {
@@ -188,6 +190,13 @@ fn activation_shape() -> impl Strategy<Value = Vec<usize>> {
         .prop_map(|(n, c, spatial)| [vec![n, c], spatial].concat())
 }
 
+/// Shapes where every channel has at least two values (PyTorch refuses fewer in training).
+fn two_values_per_channel() -> impl Strategy<Value = Vec<usize>> {
+    activation_shape().prop_filter("two values per channel", |s| {
+        s.iter().product::<usize>() / s[1] > 1
+    })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
@@ -201,41 +210,7 @@ proptest! {
         has_bias in any::<bool>(),
         seed in any::<u64>(),
     ) {
-        let mut rng = Rng(seed);
-        let ir = Conv {
-            in_channels: groups * in_per_group,
-            out_channels: groups * out_per_group,
-            kernel: axes.iter().map(|a| a.kernel).collect(),
-            stride: axes.iter().map(|a| a.stride).collect(),
-            padding: axes.iter().map(|a| a.padding).collect(),
-            dilation: axes.iter().map(|a| a.dilation).collect(),
-            groups,
-            weight: ParamId(0),
-            bias: has_bias.then_some(ParamId(1)),
-        };
-        let x_shape = [vec![batch, ir.in_channels], axes.iter().map(ConvAxis::input_size).collect()].concat();
-        let y_shape = [vec![batch, ir.out_channels], axes.iter().map(ConvAxis::output_size).collect()].concat();
-        let w_shape = [vec![ir.out_channels, in_per_group], ir.kernel.clone()].concat();
-        let (xa, wa, ba) = (rng.tensor(&x_shape, -1., 1.), rng.tensor(&w_shape, -1., 1.), rng.tensor(&[ir.out_channels], -1., 1.));
-        let gya = rng.tensor(&y_shape, -1., 1.);
-
-        let mut m = Machine::default();
-        let (x, w, b, y) = (m.put(&xa), m.put(&wa), m.put(&ba), m.zeros(&y_shape));
-        let (dy, dx, dw, db) = (m.put(&gya), m.zeros(&x_shape), m.zeros(&w_shape), m.zeros(&[ir.out_channels]));
-        let t = conv::ConvTensors { x: &x, weight: &w, bias: has_bias.then_some(&b), y: &y };
-        m.run(&conv::forward("conv", &ir, &t));
-        for k in conv::backward("conv", &ir, &t, &dy, Some(&dx), &dw, has_bias.then_some(&db)) {
-            m.run(&k);
-        }
-
-        let expected = reference::conv::forward(&xa, &wa, has_bias.then_some(&ba), &ir);
-        assert_close(&m.get(&y), &expected, OP_RTOL, "conv forward");
-        let grads = reference::conv::backward(&xa, &wa, &ir, &gya);
-        assert_close(&m.get(&dx), &grads.input, OP_RTOL, "conv input gradient");
-        assert_close(&m.get(&dw), &grads.weight, OP_RTOL, "conv weight gradient");
-        if let Some(gb) = grads.bias {
-            assert_close(&m.get(&db), &gb, OP_RTOL, "conv bias gradient");
-        }
+        check_conv(batch, groups, in_per_group, out_per_group, axes, has_bias, seed);
     }
 
     #[test]
@@ -246,36 +221,12 @@ proptest! {
         axes in prop::collection::vec(pool_axis(), 1..=3),
         seed in any::<u64>(),
     ) {
-        let mut rng = Rng(seed);
-        let ir = Pool {
-            kind: if max { PoolKind::Max } else { PoolKind::Avg },
-            kernel: axes.iter().map(|a| a.kernel).collect(),
-            stride: axes.iter().map(|a| a.stride).collect(),
-            padding: axes.iter().map(|a| a.padding).collect(),
-        };
-        let x_shape = [vec![batch, channels], axes.iter().map(|a| a.input).collect()].concat();
-        let y_shape = [vec![batch, channels], axes.iter().map(PoolAxis::output_size).collect()].concat();
-        let (xa, gya) = (rng.distinct(&x_shape), rng.tensor(&y_shape, -1., 1.));
-
-        let mut m = Machine::default();
-        let (x, y, dy, dx) = (m.put(&xa), m.zeros(&y_shape), m.put(&gya), m.zeros(&x_shape));
-        m.run(&pool::forward("pool", &ir, &x, &y));
-        m.run(&pool::backward("pool", &ir, &x, &y, &dy, &dx));
-        assert_close(&m.get(&y), &reference::pool::forward(&xa, &ir), OP_RTOL, "pool forward");
-        assert_close(&m.get(&dx), &reference::pool::backward(&xa, &ir, &gya), OP_RTOL, "pool backward");
+        check_pool(batch, channels, max, axes, seed);
     }
 
     #[test]
     fn global_avgpool_matches_reference(shape in activation_shape(), seed in any::<u64>()) {
-        let mut rng = Rng(seed);
-        let (xa, gya) = (rng.tensor(&shape, -1., 1.), rng.tensor(&shape[..2], -1., 1.));
-        let mut m = Machine::default();
-        let (x, y, dy, dx) = (m.put(&xa), m.zeros(&shape[..2]), m.put(&gya), m.zeros(&shape));
-        m.run(&pool::global_avg_forward("gap", &x, &y));
-        m.run(&pool::global_avg_backward("gap", &dy, &dx));
-        assert_close(&m.get(&y), &reference::pool::global_avg_forward(&xa), OP_RTOL, "global avgpool forward");
-        let expected = reference::pool::global_avg_backward(&shape, &gya);
-        assert_close(&m.get(&dx), &expected, OP_RTOL, "global avgpool backward");
+        check_global_avgpool(shape, seed);
     }
 
     #[test]
@@ -286,92 +237,34 @@ proptest! {
         has_bias in any::<bool>(),
         seed in any::<u64>(),
     ) {
-        let mut rng = Rng(seed);
-        let ir = Dense { in_features, units, weight: ParamId(0), bias: has_bias.then_some(ParamId(1)) };
-        let xa = rng.tensor(&[batch, in_features], -1., 1.);
-        let (wa, ba) = (rng.tensor(&[units, in_features], -1., 1.), rng.tensor(&[units], -1., 1.));
-        let gya = rng.tensor(&[batch, units], -1., 1.);
-        let mut m = Machine::default();
-        let (x, w, b, y) = (m.put(&xa), m.put(&wa), m.put(&ba), m.zeros(&[batch, units]));
-        let (dy, dx, dw, db) = (m.put(&gya), m.zeros(&[batch, in_features]), m.zeros(&[units, in_features]), m.zeros(&[units]));
-        let t = dense::DenseTensors { x: &x, weight: &w, bias: has_bias.then_some(&b), y: &y };
-        m.run(&dense::forward("dense", &ir, &t));
-        for k in dense::backward("dense", &ir, &t, &dy, Some(&dx), &dw, has_bias.then_some(&db)) {
-            m.run(&k);
-        }
-        let expected = reference::dense::forward(&xa, &wa, has_bias.then_some(&ba), &ir);
-        assert_close(&m.get(&y), &expected, OP_RTOL, "dense forward");
-        let grads = reference::dense::backward(&xa, &wa, &ir, &gya);
-        assert_close(&m.get(&dx), &grads.input, OP_RTOL, "dense input gradient");
-        assert_close(&m.get(&dw), &grads.weight, OP_RTOL, "dense weight gradient");
-        if let Some(gb) = grads.bias {
-            assert_close(&m.get(&db), &gb, OP_RTOL, "dense bias gradient");
-        }
+        check_dense(batch, in_features, units, has_bias, seed);
     }
 
     #[test]
-    fn activation_matches_reference(kind in activation_kind(), shape in activation_shape(), seed in any::<u64>()) {
-        let mut rng = Rng(seed);
-        let (xa, gya) = (rng.tensor(&shape, -3., 3.), rng.tensor(&shape, -1., 1.));
-        let mut m = Machine::default();
-        let (x, y, dy, dx) = (m.put(&xa), m.zeros(&shape), m.put(&gya), m.zeros(&shape));
-        m.run(&activation::forward("act", kind, &x, &y));
-        m.run(&activation::backward("act", kind, &x, &y, &dy, &dx));
-        let ya = reference::activation::forward(&xa, kind);
-        assert_close(&m.get(&y), &ya, OP_RTOL, "activation forward");
-        let expected = reference::activation::backward(&xa, &ya, kind, &gya);
-        assert_close(&m.get(&dx), &expected, OP_RTOL, "activation backward");
+    fn activation_matches_reference(
+        kind in activation_kind(),
+        shape in activation_shape(),
+        seed in any::<u64>(),
+    ) {
+        check_activation(kind, shape, seed);
     }
 
     #[test]
-    fn batchnorm_matches_reference(shape in activation_shape(), momentum in 0.0f32..1.0, seed in any::<u64>()) {
-        let count: usize = shape.iter().product::<usize>() / shape[1];
-        prop_assume!(count > 1, "PyTorch needs two values per channel in training");
-        let mut rng = Rng(seed);
-        let channels = shape[1];
-        let ir = BatchNorm { channels, eps: 1e-5, momentum, weight: ParamId(0), bias: ParamId(1), running_mean: ParamId(2), running_var: ParamId(3) };
-        let xa = rng.tensor(&shape, -2., 2.);
-        let params = [rng.tensor(&[channels], 0.5, 1.5), rng.tensor(&[channels], -1., 1.), rng.tensor(&[channels], -1., 1.), rng.tensor(&[channels], 0.5, 2.)];
-        let gya = rng.tensor(&shape, -1., 1.);
-        let mut m = Machine::default();
-        let (x, y) = (m.put(&xa), m.zeros(&shape));
-        let [w, b, rm, rv] = params.clone().map(|p| m.put(&p));
-        let (sm, si) = (m.zeros(&[channels]), m.zeros(&[channels]));
-        let (dy, dx, dw, db) = (m.put(&gya), m.zeros(&shape), m.zeros(&[channels]), m.zeros(&[channels]));
-        let t = norm::NormTensors { x: &x, y: &y, weight: &w, bias: &b, running_mean: &rm, running_var: &rv, saved_mean: &sm, saved_invstd: &si };
-
-        let infer_expected = reference::norm::forward_infer(&xa, &params[0], &params[1], &params[2], &params[3], &ir);
-        m.run(&norm::forward_infer("bn", &ir, &t));
-        assert_close(&m.get(&y), &infer_expected, GRAPH_RTOL, "batchnorm inference");
-
-        let [mut mean, mut var] = [params[2].clone(), params[3].clone()];
-        let expected = reference::norm::forward_train(&xa, &params[0], &params[1], &mut mean, &mut var, &ir);
-        m.run(&norm::forward_train("bn", &ir, &t));
-        assert_close(&m.get(&y), &expected, GRAPH_RTOL, "batchnorm training forward");
-        assert_close(&m.get(&rm), &mean, OP_RTOL, "running mean");
-        assert_close(&m.get(&rv), &var, OP_RTOL, "running variance");
-
-        m.run(&norm::backward("bn", &t, &dy, Some(&dx), &dw, &db));
-        let grads = reference::norm::backward_train(&xa, &params[0], &ir, &gya);
-        assert_close(&m.get(&dx), &grads.input, GRAPH_RTOL, "batchnorm input gradient");
-        assert_close(&m.get(&dw), &grads.weight, OP_RTOL, "batchnorm weight gradient");
-        assert_close(&m.get(&db), &grads.bias, OP_RTOL, "batchnorm bias gradient");
+    fn batchnorm_matches_reference(
+        shape in two_values_per_channel(),
+        momentum in 0.0f32..1.0,
+        seed in any::<u64>(),
+    ) {
+        check_batchnorm(shape, momentum, seed);
     }
 
     #[test]
-    fn dropout_matches_reference(shape in activation_shape(), p in 0.0f32..0.9, seed in any::<u64>()) {
-        let mut rng = Rng(seed);
-        let xa = rng.tensor(&shape, -1., 1.);
-        let maska = ArrayD::from_shape_fn(IxDyn(&shape), |_| if rng.uniform(0., 1.) < p { 0. } else { 1. / (1. - p) });
-        let gya = rng.tensor(&shape, -1., 1.);
-        let mut m = Machine::default();
-        let (x, mask, y, dy, dx) = (m.put(&xa), m.put(&maska), m.zeros(&shape), m.put(&gya), m.zeros(&shape));
-        m.run(&dropout::forward_train("drop", &x, &mask, &y));
-        m.run(&dropout::backward("drop", &mask, &dy, &dx));
-        assert_close(&m.get(&y), &reference::dropout::forward(&xa, &maska), OP_RTOL, "dropout forward");
-        assert_close(&m.get(&dx), &reference::dropout::backward(&maska, &gya), OP_RTOL, "dropout backward");
-        m.run(&dropout::forward_infer("drop", &x, &y));
-        assert_close(&m.get(&y), &xa, 0.0, "dropout inference");
+    fn dropout_matches_reference(
+        shape in activation_shape(),
+        p in 0.0f32..0.9,
+        seed in any::<u64>(),
+    ) {
+        check_dropout(shape, p, seed);
     }
 
     #[test]
@@ -380,56 +273,425 @@ proptest! {
         extra_channels in prop::collection::vec(1..=3usize, 1..=2),
         seed in any::<u64>(),
     ) {
-        let mut rng = Rng(seed);
-        let shapes: Vec<Vec<usize>> = std::iter::once(shape[1]).chain(extra_channels)
-            .map(|c| [vec![shape[0], c], shape[2..].to_vec()].concat())
-            .collect();
-        let xas: Vec<ArrayD<f32>> = shapes.iter().map(|s| rng.tensor(s, -1., 1.)).collect();
-        let refs: Vec<&ArrayD<f32>> = xas.iter().collect();
-        let cat_expected = reference::join::concat_forward(&refs);
-        let gya = rng.tensor(cat_expected.shape(), -1., 1.);
-        let mut m = Machine::default();
-        let xs: Vec<Tensor> = xas.iter().map(|a| m.put(a)).collect();
-        let dxs: Vec<Tensor> = shapes.iter().map(|s| m.zeros(s)).collect();
-        let (y, dy) = (m.zeros(cat_expected.shape()), m.put(&gya));
-        let x_refs: Vec<&Tensor> = xs.iter().collect();
-        m.run(&join::concat_forward("cat", &x_refs, &y));
-        m.run(&join::concat_backward("cat", &x_refs, &dy, &dxs.iter().map(Some).collect::<Vec<_>>()));
-        assert_close(&m.get(&y), &cat_expected, 0.0, "concat forward");
-        let channels: Vec<usize> = shapes.iter().map(|s| s[1]).collect();
-        for (dx, expected) in dxs.iter().zip(reference::join::concat_backward(&channels, &gya)) {
-            assert_close(&m.get(dx), &expected, 0.0, "concat backward");
-        }
-
-        // Add the first input to itself and to a second tensor of its shape.
-        let other = rng.tensor(&shapes[0], -1., 1.);
-        let (o, sum, dsum, dfirst) = (m.put(&other), m.zeros(&shapes[0]), m.put(&xas[0]), m.zeros(&shapes[0]));
-        m.run(&join::add_forward("add", &[&xs[0], &o, &xs[0]], &sum));
-        m.run(&join::add_backward("add", &dsum, &[Some(&dfirst), None, Some(&dfirst)]));
-        let expected = reference::join::add_forward(&[&xas[0], &other, &xas[0]]);
-        assert_close(&m.get(&sum), &expected, OP_RTOL, "add forward");
-        assert_close(&m.get(&dfirst), &(&xas[0] * 2.0), OP_RTOL, "add backward");
+        check_concat_and_add(shape, extra_channels, seed);
     }
 
     #[test]
     fn losses_match_reference(batch in 1..=4usize, classes in 1..=6usize, seed in any::<u64>()) {
-        let mut rng = Rng(seed);
-        let ya = rng.tensor(&[batch, classes], -5., 5.);
-        let labels: Vec<usize> = (0..batch).map(|_| rng.below(classes)).collect();
-        let label_values = ArrayD::from_shape_vec(IxDyn(&[batch]), labels.iter().map(|&l| l as f32).collect()).expect("one label per sample");
-        let target = rng.tensor(&[batch, classes], -1., 1.);
-        for (kind, truth) in [(Loss::CrossEntropy, &label_values), (Loss::Mse, &target)] {
-            let mut m = Machine::default();
-            let (y, t, per_sample, dy) = (m.put(&ya), m.put(truth), m.zeros(&[batch]), m.zeros(&[batch, classes]));
-            m.run(&loss::forward_backward(kind, &loss::LossTensors { output: &y, truth: &t, loss: &per_sample, dy: Some(&dy) }));
-            let (expected, grad) = match kind {
-                Loss::CrossEntropy => reference::loss::cross_entropy(&ya, &labels),
-                Loss::Mse => reference::loss::mse(&ya, &target),
-            };
-            let mean = m.get(&per_sample).mean().expect("batch is not empty");
-            prop_assert!((mean - expected).abs() <= ATOL + OP_RTOL * expected.abs(), "{kind:?}: {mean} vs {expected}");
-            assert_close(&m.get(&dy), &grad, OP_RTOL, "loss gradient");
+        check_losses(batch, classes, seed);
+    }
+}
+
+fn check_conv(
+    batch: usize,
+    groups: usize,
+    in_per_group: usize,
+    out_per_group: usize,
+    axes: Vec<ConvAxis>,
+    has_bias: bool,
+    seed: u64,
+) {
+    let mut rng = Rng(seed);
+    let ir = Conv {
+        in_channels: groups * in_per_group,
+        out_channels: groups * out_per_group,
+        kernel: axes.iter().map(|a| a.kernel).collect(),
+        stride: axes.iter().map(|a| a.stride).collect(),
+        padding: axes.iter().map(|a| a.padding).collect(),
+        dilation: axes.iter().map(|a| a.dilation).collect(),
+        groups,
+        weight: ParamId(0),
+        bias: has_bias.then_some(ParamId(1)),
+    };
+    let x_shape = [
+        vec![batch, ir.in_channels],
+        axes.iter().map(ConvAxis::input_size).collect(),
+    ]
+    .concat();
+    let y_shape = [
+        vec![batch, ir.out_channels],
+        axes.iter().map(ConvAxis::output_size).collect(),
+    ]
+    .concat();
+    let w_shape = [vec![ir.out_channels, in_per_group], ir.kernel.clone()].concat();
+    let (xa, wa, ba) = (
+        rng.tensor(&x_shape, -1., 1.),
+        rng.tensor(&w_shape, -1., 1.),
+        rng.tensor(&[ir.out_channels], -1., 1.),
+    );
+    let gya = rng.tensor(&y_shape, -1., 1.);
+
+    let mut m = Machine::default();
+    let (x, w, b, y) = (m.put(&xa), m.put(&wa), m.put(&ba), m.zeros(&y_shape));
+    let (dy, dx, dw, db) = (
+        m.put(&gya),
+        m.zeros(&x_shape),
+        m.zeros(&w_shape),
+        m.zeros(&[ir.out_channels]),
+    );
+    let t = conv::ConvTensors {
+        x: &x,
+        weight: &w,
+        bias: has_bias.then_some(&b),
+        y: &y,
+    };
+    m.run(&conv::forward("conv", &ir, &t));
+    for k in conv::backward(
+        "conv",
+        &ir,
+        &t,
+        &dy,
+        Some(&dx),
+        &dw,
+        has_bias.then_some(&db),
+    ) {
+        m.run(&k);
+    }
+
+    let expected = reference::conv::forward(&xa, &wa, has_bias.then_some(&ba), &ir);
+    assert_close(&m.get(&y), &expected, OP_RTOL, "conv forward");
+    let grads = reference::conv::backward(&xa, &wa, &ir, &gya);
+    assert_close(&m.get(&dx), &grads.input, OP_RTOL, "conv input gradient");
+    assert_close(&m.get(&dw), &grads.weight, OP_RTOL, "conv weight gradient");
+    if let Some(gb) = grads.bias {
+        assert_close(&m.get(&db), &gb, OP_RTOL, "conv bias gradient");
+    }
+}
+
+fn check_pool(batch: usize, channels: usize, max: bool, axes: Vec<PoolAxis>, seed: u64) {
+    let mut rng = Rng(seed);
+    let ir = Pool {
+        kind: if max { PoolKind::Max } else { PoolKind::Avg },
+        kernel: axes.iter().map(|a| a.kernel).collect(),
+        stride: axes.iter().map(|a| a.stride).collect(),
+        padding: axes.iter().map(|a| a.padding).collect(),
+    };
+    let x_shape = [
+        vec![batch, channels],
+        axes.iter().map(|a| a.input).collect(),
+    ]
+    .concat();
+    let y_shape = [
+        vec![batch, channels],
+        axes.iter().map(PoolAxis::output_size).collect(),
+    ]
+    .concat();
+    let (xa, gya) = (rng.distinct(&x_shape), rng.tensor(&y_shape, -1., 1.));
+
+    let mut m = Machine::default();
+    let (x, y, dy, dx) = (
+        m.put(&xa),
+        m.zeros(&y_shape),
+        m.put(&gya),
+        m.zeros(&x_shape),
+    );
+    m.run(&pool::forward("pool", &ir, &x, &y));
+    m.run(&pool::backward("pool", &ir, &x, &y, &dy, &dx));
+    assert_close(
+        &m.get(&y),
+        &reference::pool::forward(&xa, &ir),
+        OP_RTOL,
+        "pool forward",
+    );
+    assert_close(
+        &m.get(&dx),
+        &reference::pool::backward(&xa, &ir, &gya),
+        OP_RTOL,
+        "pool backward",
+    );
+}
+
+fn check_global_avgpool(shape: Vec<usize>, seed: u64) {
+    let mut rng = Rng(seed);
+    let (xa, gya) = (
+        rng.tensor(&shape, -1., 1.),
+        rng.tensor(&shape[..2], -1., 1.),
+    );
+    let mut m = Machine::default();
+    let (x, y, dy, dx) = (
+        m.put(&xa),
+        m.zeros(&shape[..2]),
+        m.put(&gya),
+        m.zeros(&shape),
+    );
+    m.run(&pool::global_avg_forward("gap", &x, &y));
+    m.run(&pool::global_avg_backward("gap", &dy, &dx));
+    assert_close(
+        &m.get(&y),
+        &reference::pool::global_avg_forward(&xa),
+        OP_RTOL,
+        "global avgpool forward",
+    );
+    let expected = reference::pool::global_avg_backward(&shape, &gya);
+    assert_close(&m.get(&dx), &expected, OP_RTOL, "global avgpool backward");
+}
+
+fn check_dense(batch: usize, in_features: usize, units: usize, has_bias: bool, seed: u64) {
+    let mut rng = Rng(seed);
+    let ir = Dense {
+        in_features,
+        units,
+        weight: ParamId(0),
+        bias: has_bias.then_some(ParamId(1)),
+    };
+    let xa = rng.tensor(&[batch, in_features], -1., 1.);
+    let (wa, ba) = (
+        rng.tensor(&[units, in_features], -1., 1.),
+        rng.tensor(&[units], -1., 1.),
+    );
+    let gya = rng.tensor(&[batch, units], -1., 1.);
+    let mut m = Machine::default();
+    let (x, w, b, y) = (m.put(&xa), m.put(&wa), m.put(&ba), m.zeros(&[batch, units]));
+    let (dy, dx, dw, db) = (
+        m.put(&gya),
+        m.zeros(&[batch, in_features]),
+        m.zeros(&[units, in_features]),
+        m.zeros(&[units]),
+    );
+    let t = dense::DenseTensors {
+        x: &x,
+        weight: &w,
+        bias: has_bias.then_some(&b),
+        y: &y,
+    };
+    m.run(&dense::forward("dense", &ir, &t));
+    for k in dense::backward(
+        "dense",
+        &ir,
+        &t,
+        &dy,
+        Some(&dx),
+        &dw,
+        has_bias.then_some(&db),
+    ) {
+        m.run(&k);
+    }
+    let expected = reference::dense::forward(&xa, &wa, has_bias.then_some(&ba), &ir);
+    assert_close(&m.get(&y), &expected, OP_RTOL, "dense forward");
+    let grads = reference::dense::backward(&xa, &wa, &ir, &gya);
+    assert_close(&m.get(&dx), &grads.input, OP_RTOL, "dense input gradient");
+    assert_close(&m.get(&dw), &grads.weight, OP_RTOL, "dense weight gradient");
+    if let Some(gb) = grads.bias {
+        assert_close(&m.get(&db), &gb, OP_RTOL, "dense bias gradient");
+    }
+}
+
+fn check_activation(kind: Activation, shape: Vec<usize>, seed: u64) {
+    let mut rng = Rng(seed);
+    let (xa, gya) = (rng.tensor(&shape, -3., 3.), rng.tensor(&shape, -1., 1.));
+    let mut m = Machine::default();
+    let (x, y, dy, dx) = (m.put(&xa), m.zeros(&shape), m.put(&gya), m.zeros(&shape));
+    m.run(&activation::forward("act", kind, &x, &y));
+    m.run(&activation::backward("act", kind, &x, &y, &dy, &dx));
+    let ya = reference::activation::forward(&xa, kind);
+    assert_close(&m.get(&y), &ya, OP_RTOL, "activation forward");
+    let expected = reference::activation::backward(&xa, &ya, kind, &gya);
+    assert_close(&m.get(&dx), &expected, OP_RTOL, "activation backward");
+}
+
+fn check_batchnorm(shape: Vec<usize>, momentum: f32, seed: u64) {
+    let mut rng = Rng(seed);
+    let channels = shape[1];
+    let ir = BatchNorm {
+        channels,
+        eps: 1e-5,
+        momentum,
+        weight: ParamId(0),
+        bias: ParamId(1),
+        running_mean: ParamId(2),
+        running_var: ParamId(3),
+    };
+    let xa = rng.tensor(&shape, -2., 2.);
+    let params = [
+        rng.tensor(&[channels], 0.5, 1.5),
+        rng.tensor(&[channels], -1., 1.),
+        rng.tensor(&[channels], -1., 1.),
+        rng.tensor(&[channels], 0.5, 2.),
+    ];
+    let gya = rng.tensor(&shape, -1., 1.);
+    let mut m = Machine::default();
+    let (x, y) = (m.put(&xa), m.zeros(&shape));
+    let [w, b, rm, rv] = params.clone().map(|p| m.put(&p));
+    let (sm, si) = (m.zeros(&[channels]), m.zeros(&[channels]));
+    let (dy, dx, dw, db) = (
+        m.put(&gya),
+        m.zeros(&shape),
+        m.zeros(&[channels]),
+        m.zeros(&[channels]),
+    );
+    let t = norm::NormTensors {
+        x: &x,
+        y: &y,
+        weight: &w,
+        bias: &b,
+        running_mean: &rm,
+        running_var: &rv,
+        saved_mean: &sm,
+        saved_invstd: &si,
+    };
+
+    let infer_expected =
+        reference::norm::forward_infer(&xa, &params[0], &params[1], &params[2], &params[3], &ir);
+    m.run(&norm::forward_infer("bn", &ir, &t));
+    assert_close(
+        &m.get(&y),
+        &infer_expected,
+        GRAPH_RTOL,
+        "batchnorm inference",
+    );
+
+    let [mut mean, mut var] = [params[2].clone(), params[3].clone()];
+    let expected =
+        reference::norm::forward_train(&xa, &params[0], &params[1], &mut mean, &mut var, &ir);
+    m.run(&norm::forward_train("bn", &ir, &t));
+    assert_close(
+        &m.get(&y),
+        &expected,
+        GRAPH_RTOL,
+        "batchnorm training forward",
+    );
+    assert_close(&m.get(&rm), &mean, OP_RTOL, "running mean");
+    assert_close(&m.get(&rv), &var, OP_RTOL, "running variance");
+
+    m.run(&norm::backward("bn", &t, &dy, Some(&dx), &dw, &db));
+    let grads = reference::norm::backward_train(&xa, &params[0], &ir, &gya);
+    assert_close(
+        &m.get(&dx),
+        &grads.input,
+        GRAPH_RTOL,
+        "batchnorm input gradient",
+    );
+    assert_close(
+        &m.get(&dw),
+        &grads.weight,
+        OP_RTOL,
+        "batchnorm weight gradient",
+    );
+    assert_close(&m.get(&db), &grads.bias, OP_RTOL, "batchnorm bias gradient");
+}
+
+fn check_dropout(shape: Vec<usize>, p: f32, seed: u64) {
+    let mut rng = Rng(seed);
+    let xa = rng.tensor(&shape, -1., 1.);
+    let maska = ArrayD::from_shape_fn(IxDyn(&shape), |_| {
+        if rng.uniform(0., 1.) < p {
+            0.
+        } else {
+            1. / (1. - p)
         }
+    });
+    let gya = rng.tensor(&shape, -1., 1.);
+    let mut m = Machine::default();
+    let (x, mask, y, dy, dx) = (
+        m.put(&xa),
+        m.put(&maska),
+        m.zeros(&shape),
+        m.put(&gya),
+        m.zeros(&shape),
+    );
+    m.run(&dropout::forward_train("drop", &x, &mask, &y));
+    m.run(&dropout::backward("drop", &mask, &dy, &dx));
+    assert_close(
+        &m.get(&y),
+        &reference::dropout::forward(&xa, &maska),
+        OP_RTOL,
+        "dropout forward",
+    );
+    assert_close(
+        &m.get(&dx),
+        &reference::dropout::backward(&maska, &gya),
+        OP_RTOL,
+        "dropout backward",
+    );
+    m.run(&dropout::forward_infer("drop", &x, &y));
+    assert_close(&m.get(&y), &xa, 0.0, "dropout inference");
+}
+
+fn check_concat_and_add(shape: Vec<usize>, extra_channels: Vec<usize>, seed: u64) {
+    let mut rng = Rng(seed);
+    let shapes: Vec<Vec<usize>> = std::iter::once(shape[1])
+        .chain(extra_channels)
+        .map(|c| [vec![shape[0], c], shape[2..].to_vec()].concat())
+        .collect();
+    let xas: Vec<ArrayD<f32>> = shapes.iter().map(|s| rng.tensor(s, -1., 1.)).collect();
+    let refs: Vec<&ArrayD<f32>> = xas.iter().collect();
+    let cat_expected = reference::join::concat_forward(&refs);
+    let gya = rng.tensor(cat_expected.shape(), -1., 1.);
+    let mut m = Machine::default();
+    let xs: Vec<Tensor> = xas.iter().map(|a| m.put(a)).collect();
+    let dxs: Vec<Tensor> = shapes.iter().map(|s| m.zeros(s)).collect();
+    let (y, dy) = (m.zeros(cat_expected.shape()), m.put(&gya));
+    let x_refs: Vec<&Tensor> = xs.iter().collect();
+    m.run(&join::concat_forward("cat", &x_refs, &y));
+    m.run(&join::concat_backward(
+        "cat",
+        &x_refs,
+        &dy,
+        &dxs.iter().map(Some).collect::<Vec<_>>(),
+    ));
+    assert_close(&m.get(&y), &cat_expected, 0.0, "concat forward");
+    let channels: Vec<usize> = shapes.iter().map(|s| s[1]).collect();
+    for (dx, expected) in dxs
+        .iter()
+        .zip(reference::join::concat_backward(&channels, &gya))
+    {
+        assert_close(&m.get(dx), &expected, 0.0, "concat backward");
+    }
+
+    // Add the first input to itself and to a second tensor of its shape.
+    let other = rng.tensor(&shapes[0], -1., 1.);
+    let (o, sum, dsum, dfirst) = (
+        m.put(&other),
+        m.zeros(&shapes[0]),
+        m.put(&xas[0]),
+        m.zeros(&shapes[0]),
+    );
+    m.run(&join::add_forward("add", &[&xs[0], &o, &xs[0]], &sum));
+    m.run(&join::add_backward(
+        "add",
+        &dsum,
+        &[Some(&dfirst), None, Some(&dfirst)],
+    ));
+    let expected = reference::join::add_forward(&[&xas[0], &other, &xas[0]]);
+    assert_close(&m.get(&sum), &expected, OP_RTOL, "add forward");
+    assert_close(&m.get(&dfirst), &(&xas[0] * 2.0), OP_RTOL, "add backward");
+}
+
+fn check_losses(batch: usize, classes: usize, seed: u64) {
+    let mut rng = Rng(seed);
+    let ya = rng.tensor(&[batch, classes], -5., 5.);
+    let labels: Vec<usize> = (0..batch).map(|_| rng.below(classes)).collect();
+    let label_values =
+        ArrayD::from_shape_vec(IxDyn(&[batch]), labels.iter().map(|&l| l as f32).collect())
+            .expect("one label per sample");
+    let target = rng.tensor(&[batch, classes], -1., 1.);
+    for (kind, truth) in [(Loss::CrossEntropy, &label_values), (Loss::Mse, &target)] {
+        let mut m = Machine::default();
+        let (y, t, per_sample, dy) = (
+            m.put(&ya),
+            m.put(truth),
+            m.zeros(&[batch]),
+            m.zeros(&[batch, classes]),
+        );
+        m.run(&loss::forward_backward(
+            kind,
+            &loss::LossTensors {
+                output: &y,
+                truth: &t,
+                loss: &per_sample,
+                dy: Some(&dy),
+            },
+        ));
+        let (expected, grad) = match kind {
+            Loss::CrossEntropy => reference::loss::cross_entropy(&ya, &labels),
+            Loss::Mse => reference::loss::mse(&ya, &target),
+        };
+        let mean = m.get(&per_sample).mean().expect("batch is not empty");
+        assert!(
+            (mean - expected).abs() <= ATOL + OP_RTOL * expected.abs(),
+            "{kind:?}: {mean} vs {expected}"
+        );
+        assert_close(&m.get(&dy), &grad, OP_RTOL, "loss gradient");
     }
 }
 
@@ -632,7 +894,8 @@ impl<'a> PlanRun<'a> {
 
     fn run(&mut self, schedule: &[usize]) {
         for &k in schedule {
-            interp::run(&self.plan.kernels[k], &mut self.bufs).unwrap_or_else(|e| panic!("{e}"));
+            interp::run_checking_parallel(&self.plan.kernels[k], &mut self.bufs)
+                .unwrap_or_else(|e| panic!("{e}"));
         }
     }
 }
