@@ -14,10 +14,15 @@
 //! Losses are not nodes: the network's output node feeds the loss chosen by training
 //! (`TrainConfig::loss`).
 
+pub mod args;
 pub mod build;
+pub mod eval;
+pub mod layer;
 pub mod params;
 pub mod print;
 pub mod shape;
+pub mod train;
+pub mod verify;
 
 use crate::span::Span;
 

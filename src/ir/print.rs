@@ -1,1 +1,99 @@
-//! (to be written)
+//! `cnnc dump --stage ir`: a stable text form of a [`Graph`] — one line per node with its
+//! resolved hyper-parameters and output shape, then the parameters and the `train` settings.
+//! No addresses, no hash order: the same program always prints the same text.
+
+use std::fmt::Write;
+
+use super::*;
+
+pub fn print_graph(graph: &Graph) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "network {}: {} -> {}",
+        graph.name,
+        graph.input().shape,
+        graph.output_shape()
+    );
+    for (i, node) in graph.nodes.iter().enumerate() {
+        let inputs: Vec<String> = node.inputs.iter().map(|n| format!("%{}", n.0)).collect();
+        let attrs = attributes(&node.op);
+        let sep = if attrs.is_empty() { "" } else { " " };
+        let _ = writeln!(
+            out,
+            "  %{i} {} = {}({}){sep}{attrs} -> {}",
+            node.name,
+            node.op.name(),
+            inputs.join(", "),
+            node.shape
+        );
+    }
+    let _ = writeln!(out, "  output %{}", graph.output.0);
+    if !graph.params.is_empty() {
+        out.push_str("params\n");
+        for param in &graph.params {
+            let buffer = if param.kind.trainable() {
+                ""
+            } else {
+                " buffer"
+            };
+            let _ = writeln!(
+                out,
+                "  {} {}{buffer}",
+                param.name,
+                Shape(param.shape.clone())
+            );
+        }
+    }
+    if let Some(train) = &graph.train {
+        let _ = writeln!(out, "train {train:?}");
+    }
+    out
+}
+
+/// `kernel=5x5 stride=1x1 ...` for the ops that have hyper-parameters.
+fn attributes(op: &Op) -> String {
+    let axes = |v: &[usize]| v.iter().map(usize::to_string).collect::<Vec<_>>().join("x");
+    match op {
+        Op::Conv(c) => {
+            let padding: Vec<String> = c
+                .padding
+                .iter()
+                .map(|(b, a)| {
+                    if b == a {
+                        b.to_string()
+                    } else {
+                        format!("{b}+{a}")
+                    }
+                })
+                .collect();
+            format!(
+                "channels={} kernel={} stride={} padding={} dilation={} groups={} bias={}",
+                c.out_channels,
+                axes(&c.kernel),
+                axes(&c.stride),
+                padding.join("x"),
+                axes(&c.dilation),
+                c.groups,
+                c.bias.is_some()
+            )
+        }
+        Op::Pool(p) => format!(
+            "kernel={} stride={} padding={}",
+            axes(&p.kernel),
+            axes(&p.stride),
+            axes(&p.padding)
+        ),
+        Op::Dense(d) => format!("units={} bias={}", d.units, d.bias.is_some()),
+        Op::Activation(Activation::LeakyRelu { slope }) => format!("slope={slope}"),
+        Op::Dropout { p } => format!("p={p}"),
+        Op::BatchNorm(b) => format!("eps={} momentum={}", b.eps, b.momentum),
+        Op::Input
+        | Op::GlobalAvgPool
+        | Op::Flatten
+        | Op::Activation(_)
+        | Op::Identity
+        | Op::Concat
+        | Op::Add => String::new(),
+    }
+}

@@ -1,0 +1,252 @@
+//! The `train { .. }` section → a validated [`TrainConfig`]. Keys: `data`, `epochs`, `batch`,
+//! `optimizer`, `loss`, `seed`, `init`; every one optional, with the defaults of
+//! [`TrainConfig::default`].
+
+use super::eval::{eval, expect_int, Scope, Value};
+use super::{DataSource, Init, Loss, Optimizer, TrainConfig};
+use crate::diag::{self, did_you_mean, Code, Diagnostic};
+use crate::span::Span;
+use crate::syntax::ast::Setting;
+
+const KEYS: [&str; 7] = [
+    "data",
+    "epochs",
+    "batch",
+    "optimizer",
+    "loss",
+    "seed",
+    "init",
+];
+
+pub fn train_config(settings: &[Setting], scope: &Scope) -> diag::Result<TrainConfig> {
+    let mut config = TrainConfig::default();
+    let mut seen: Vec<(&str, Span)> = Vec::new();
+    for setting in settings {
+        let key = setting.key.name.as_str();
+        if let Some((_, first)) = seen.iter().find(|(k, _)| *k == key) {
+            return Err(vec![Diagnostic::error(
+                Code::DuplicateArgument,
+                format!("`{key}` is set twice in `train`"),
+            )
+            .label(setting.key.span, "set again here")
+            .label(*first, "first set here")]);
+        }
+        seen.push((key, setting.key.span));
+        let span = setting.value.span;
+        let value = eval(&setting.value, scope)?;
+        match key {
+            "data" => config.data = data_source(&value, span)?,
+            "epochs" => config.epochs = positive(&value, span, scope, key)?,
+            "batch" => config.batch = positive(&value, span, scope, key)?,
+            "seed" => {
+                let seed = expect_int(&value, span, scope)?;
+                config.seed = u64::try_from(seed).map_err(|_| {
+                    bad(
+                        span,
+                        format!("`seed` must be zero or more, found {seed}"),
+                        "negative",
+                    )
+                })?;
+            }
+            "optimizer" => config.optimizer = optimizer(&value, span, scope)?,
+            "loss" => {
+                config.loss = choose(
+                    &value,
+                    span,
+                    key,
+                    &[("cross_entropy", Loss::CrossEntropy), ("mse", Loss::Mse)],
+                )?
+            }
+            "init" => {
+                config.init = choose(
+                    &value,
+                    span,
+                    key,
+                    &[("default", Init::PyTorch), ("xavier", Init::Xavier)],
+                )?
+            }
+            _ => {
+                let d = Diagnostic::error(
+                    Code::BadTrainSetting,
+                    format!("`train` has no setting `{key}`"),
+                )
+                .label(setting.key.span, "unknown setting")
+                .note(format!("the settings are {}", KEYS.join(", ")));
+                return Err(vec![match did_you_mean(key, KEYS) {
+                    Some(help) => d.help(help),
+                    None => d,
+                }]);
+            }
+        }
+    }
+    Ok(config)
+}
+
+fn bad(span: Span, message: String, label: &str) -> Vec<Diagnostic> {
+    vec![Diagnostic::error(Code::BadTrainSetting, message).label(span, label.to_string())]
+}
+
+fn positive(value: &Value, span: Span, scope: &Scope, key: &str) -> diag::Result<usize> {
+    let n = expect_int(value, span, scope)?;
+    if n <= 0 {
+        return Err(bad(
+            span,
+            format!("`{key}` must be positive, found {n}"),
+            "must be positive",
+        ));
+    }
+    usize::try_from(n).map_err(|_| bad(span, format!("`{key}` is too large"), "too large"))
+}
+
+/// One of the named `choices`.
+fn choose<T: Copy>(value: &Value, span: Span, key: &str, choices: &[(&str, T)]) -> diag::Result<T> {
+    let names: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
+    if let Value::Symbol(s) = value {
+        if let Some((_, v)) = choices.iter().find(|(n, _)| n == s) {
+            return Ok(*v);
+        }
+    }
+    let d = Diagnostic::error(
+        Code::BadTrainSetting,
+        format!(
+            "`{key}` must be one of {}, not {}",
+            names.join(", "),
+            value.describe()
+        ),
+    )
+    .label(span, "not a valid choice");
+    Err(vec![match value {
+        Value::Symbol(s) => match did_you_mean(s, names) {
+            Some(help) => d.help(help),
+            None => d,
+        },
+        _ => d,
+    }])
+}
+
+fn data_source(value: &Value, span: Span) -> diag::Result<DataSource> {
+    match value {
+        Value::Symbol(s) if s == "mnist" => Ok(DataSource::Mnist),
+        Value::Symbol(s) if s == "fashion-mnist" || s == "fashion_mnist" => {
+            Ok(DataSource::FashionMnist)
+        }
+        Value::Symbol(s) if s == "synthetic" => Ok(DataSource::Synthetic),
+        Value::Str(path) => Ok(DataSource::Path(path.clone())),
+        other => {
+            let d = Diagnostic::error(
+                Code::BadTrainSetting,
+                format!(
+                    "`data` must be mnist, fashion-mnist, synthetic or a \"path\", not {}",
+                    other.describe()
+                ),
+            )
+            .label(span, "unknown data source");
+            Err(vec![match other {
+                Value::Symbol(s) => {
+                    match did_you_mean(s, ["mnist", "fashion-mnist", "synthetic"]) {
+                        Some(help) => d.help(help),
+                        None => d,
+                    }
+                }
+                _ => d,
+            }])
+        }
+    }
+}
+
+/// `sgd(lr, momentum=0, weight_decay=0)` or `adam(lr=0.001, betas=(0.9, 0.999), eps=1e-8, weight_decay=0)`.
+fn optimizer(value: &Value, span: Span, scope: &Scope) -> diag::Result<Optimizer> {
+    let Value::Call { name, args } = value else {
+        return Err(bad(
+            span,
+            format!(
+                "`optimizer` must be `sgd(lr=..)` or `adam(..)`, not {}",
+                value.describe()
+            ),
+            "not an optimizer",
+        ));
+    };
+    let params: &[&str] = match name.as_str() {
+        "sgd" => &["lr", "momentum", "weight_decay"],
+        "adam" => &["lr", "betas", "eps", "weight_decay"],
+        _ => {
+            let d = Diagnostic::error(Code::BadTrainSetting, format!("unknown optimizer `{name}`"))
+                .label(span, "not sgd or adam");
+            return Err(vec![match did_you_mean(name, ["sgd", "adam"]) {
+                Some(help) => d.help(help),
+                None => d,
+            }]);
+        }
+    };
+    let bound = super::args::bind(&format!("optimizer `{name}`"), params, 1, args.clone())?;
+    let number = |slot: usize,
+                  default: Option<f32>,
+                  check: fn(f32) -> bool,
+                  range: &str|
+     -> diag::Result<f32> {
+        match (&bound[slot], default) {
+            (Some((v, at)), _) => {
+                let x = match v {
+                    Value::Int(i) => *i as f32,
+                    Value::Float(x) => *x as f32,
+                    other => return Err(vec![super::eval::not_a_number(other, *at, scope)]),
+                };
+                if x.is_finite() && check(x) {
+                    Ok(x)
+                } else {
+                    Err(bad(
+                        *at,
+                        format!("`{}` must be {range}, found {x}", params[slot]),
+                        "out of range",
+                    ))
+                }
+            }
+            (None, Some(d)) => Ok(d),
+            (None, None) => Err(super::args::missing(
+                &format!("optimizer `{name}`"),
+                params[slot],
+                span,
+            )),
+        }
+    };
+    let positive = |x: f32| x > 0.0;
+    let non_negative = |x: f32| x >= 0.0;
+    let unit = |x: f32| (0.0..1.0).contains(&x);
+    Ok(match name.as_str() {
+        "sgd" => Optimizer::Sgd {
+            lr: number(0, None, positive, "positive")?,
+            momentum: number(1, Some(0.0), unit, "at least 0 and below 1")?,
+            weight_decay: number(2, Some(0.0), non_negative, "zero or more")?,
+        },
+        _ => {
+            let betas = match &bound[1] {
+                None => (0.9, 0.999),
+                Some((Value::Tuple(items), at)) if items.len() == 2 => {
+                    let beta = |v: &Value| match v {
+                        Value::Float(x) if unit(*x as f32) => Ok(*x as f32),
+                        Value::Int(0) => Ok(0.0),
+                        _ => Err(bad(
+                            *at,
+                            "`betas` must be two numbers in [0, 1)".to_string(),
+                            "out of range",
+                        )),
+                    };
+                    (beta(&items[0])?, beta(&items[1])?)
+                }
+                Some((_, at)) => {
+                    return Err(bad(
+                        *at,
+                        "`betas` must be a pair like (0.9, 0.999)".to_string(),
+                        "not a pair",
+                    ))
+                }
+            };
+            Optimizer::Adam {
+                lr: number(0, Some(0.001), positive, "positive")?,
+                betas,
+                eps: number(2, Some(1e-8), positive, "positive")?,
+                weight_decay: number(3, Some(0.0), non_negative, "zero or more")?,
+            }
+        }
+    })
+}

@@ -1,0 +1,523 @@
+//! Text → [`ast::File`]. Three steps: a nesting pre-scan (so pest, which recurses once per
+//! bracket, never meets unbounded depth), the pest parse, and a walk over pest's pairs that
+//! builds the AST with a [`Span`] on every piece.
+
+use pest::iterators::Pair;
+use pest::Parser as _;
+
+use super::ast::*;
+use crate::diag::{self, Code, Diagnostic};
+use crate::limits::MAX_NESTING;
+use crate::span::{FileId, Span};
+
+#[derive(pest_derive::Parser)]
+#[grammar = "../grammar/cnn.pest"]
+struct CnnParser;
+
+/// Parses one file. `file` is its id in the `SourceMap`, used for every span.
+pub fn parse(file: FileId, text: &str) -> diag::Result<File> {
+    check_nesting(file, text)?;
+    let mut pairs =
+        CnnParser::parse(Rule::file, text).map_err(|e| vec![syntax_error(file, text, &e)])?;
+    let root = pairs.next().map(|p| p.into_inner());
+    let walker = Walker { file };
+    let items = root
+        .into_iter()
+        .flatten()
+        .filter(|p| !matches!(p.as_rule(), Rule::EOI | Rule::sep))
+        .map(|p| walker.item(p))
+        .collect();
+    Ok(File { items })
+}
+
+/// Rejects nesting deeper than [`MAX_NESTING`] without recursion, skipping comments and strings.
+fn check_nesting(file: FileId, text: &str) -> diag::Result<()> {
+    let mut depth = 0usize;
+    let mut in_comment = false;
+    let mut in_string = false;
+    for (at, c) in text.char_indices() {
+        match c {
+            '\n' => {
+                in_comment = false;
+                in_string = false;
+            }
+            _ if in_comment => {}
+            '"' => in_string = !in_string,
+            _ if in_string => {}
+            '#' => in_comment = true,
+            '(' | '[' | '{' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Err(vec![Diagnostic::error(
+                        Code::TooDeep,
+                        format!("brackets are nested more than {MAX_NESTING} levels deep"),
+                    )
+                    .label(Span::new(file, at, at + 1), "this bracket is too deep")
+                    .help("split the expression or the network into blocks")]);
+                }
+            }
+            ')' | ']' | '}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Turns pest's error into one diagnostic: what was found, and what could come there.
+fn syntax_error(file: FileId, text: &str, error: &pest::error::Error<Rule>) -> Diagnostic {
+    let at = match error.location {
+        pest::error::InputLocation::Pos(p) => p,
+        pest::error::InputLocation::Span((s, _)) => s,
+    };
+    let at = at.min(text.len());
+    let found = found_token(&text[at..]);
+    // At the end of the file, point at the last character so the label has a line to sit on.
+    let (start, end) = if at == text.len() {
+        (text.char_indices().last().map_or(0, |(i, _)| i), text.len())
+    } else {
+        (at, at + found.len().max(1))
+    };
+    let mut expected: Vec<&str> = match &error.variant {
+        pest::error::ErrorVariant::ParsingError { positives, .. } => positives
+            .iter()
+            .filter_map(|r| rule_description(*r))
+            .collect(),
+        pest::error::ErrorVariant::CustomError { .. } => Vec::new(),
+    };
+    expected.sort_unstable();
+    expected.dedup();
+    let shown = if found.is_empty() {
+        "end of file".to_string()
+    } else if found == "\n" {
+        "end of line".to_string()
+    } else {
+        format!("`{found}`")
+    };
+    let label = if expected.is_empty() {
+        "not expected here".to_string()
+    } else {
+        format!("expected {}", one_of(&expected))
+    };
+    Diagnostic::error(Code::Syntax, format!("unexpected {shown}"))
+        .label(Span::new(file, start, end), label)
+}
+
+/// The token at the start of `rest`: a word, a number, or one character.
+fn found_token(rest: &str) -> &str {
+    let word = rest
+        .char_indices()
+        .find(|(_, c)| !(c.is_alphanumeric() || *c == '_' || *c == '.'))
+        .map_or(rest.len(), |(i, _)| i);
+    if word > 0 {
+        return &rest[..word];
+    }
+    rest.chars().next().map_or("", |c| &rest[..c.len_utf8()])
+}
+
+fn one_of(items: &[&str]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.to_string(),
+        [init @ .., last] => format!("{} or {}", init.join(", "), last),
+    }
+}
+
+/// How a grammar rule is named in "expected ..." (None: not worth mentioning).
+fn rule_description(rule: Rule) -> Option<&'static str> {
+    Some(match rule {
+        Rule::use_item | Rule::kw_use => "`use`",
+        Rule::block_def | Rule::kw_block => "`block`",
+        Rule::network_def | Rule::kw_network => "`network`",
+        Rule::stmt | Rule::layer | Rule::let_stmt | Rule::input_stmt | Rule::repeat_stmt => {
+            "a statement"
+        }
+        Rule::label | Rule::ident | Rule::param => "a name",
+        Rule::expr | Rule::term | Rule::unary | Rule::postfix | Rule::int | Rule::float => {
+            "a value"
+        }
+        Rule::boolean | Rule::string | Rule::tuple | Rule::call | Rule::neg => "a value",
+        Rule::arg | Rule::plain_args => "an argument",
+        Rule::call_args => "`(`",
+        Rule::body => "`{`",
+        Rule::branch | Rule::kw_branch => "`branch`",
+        Rule::setting => "a setting (`key = value`)",
+        Rule::add_op | Rule::mul_op => "an operator",
+        Rule::index => "`[`",
+        Rule::trailing_comma => "`,`",
+        Rule::EOI => "end of file",
+        Rule::sep => "end of statement (newline or `;`)",
+        Rule::rbrace => "`}`",
+        _ => return None,
+    })
+}
+
+struct Walker {
+    file: FileId,
+}
+
+impl Walker {
+    fn span(&self, pair: &Pair<Rule>) -> Span {
+        let s = pair.as_span();
+        Span::new(self.file, s.start(), s.end())
+    }
+
+    fn ident(&self, pair: Pair<Rule>) -> Ident {
+        Ident {
+            name: pair.as_str().to_string(),
+            span: self.span(&pair),
+        }
+    }
+
+    fn item(&self, pair: Pair<Rule>) -> Item {
+        let rule = pair.as_rule();
+        let mut inner = pair.into_inner().filter(|p| !is_keyword(p.as_rule()));
+        match rule {
+            Rule::use_item => {
+                let string = inner.next().expect("grammar: use has a string");
+                Item::Use {
+                    path: string_text(&string),
+                    span: self.span(&string),
+                }
+            }
+            Rule::block_def => {
+                let name = self.ident(inner.next().expect("grammar: block has a name"));
+                let mut params = Vec::new();
+                let mut body = Vec::new();
+                for p in inner {
+                    match p.as_rule() {
+                        Rule::param => {
+                            let mut parts = p.into_inner();
+                            let name = self.ident(parts.next().expect("grammar: param has a name"));
+                            let default = parts.next().map(|e| self.expr(e));
+                            params.push(BlockParam { name, default });
+                        }
+                        _ => body = self.body(p),
+                    }
+                }
+                Item::Block(BlockDef { name, params, body })
+            }
+            _ => {
+                let name = self.ident(inner.next().expect("grammar: network has a name"));
+                let body = inner.next().map(|b| self.body(b)).unwrap_or_default();
+                Item::Network(NetworkDef { name, body })
+            }
+        }
+    }
+
+    fn body(&self, pair: Pair<Rule>) -> Vec<Stmt> {
+        pair.into_inner()
+            .filter(|p| !is_keyword(p.as_rule()))
+            .map(|s| self.stmt(s))
+            .collect()
+    }
+
+    fn stmt(&self, pair: Pair<Rule>) -> Stmt {
+        let span = self.span(&pair);
+        let mut label = None;
+        let mut kind = None;
+        for p in pair.into_inner() {
+            match p.as_rule() {
+                Rule::label => label = p.into_inner().next().map(|i| self.ident(i)),
+                _ => kind = Some(self.stmt_kind(p)),
+            }
+        }
+        Stmt {
+            label,
+            kind: kind.expect("grammar: a statement has a kind"),
+            span,
+        }
+    }
+
+    fn stmt_kind(&self, pair: Pair<Rule>) -> StmtKind {
+        let rule = pair.as_rule();
+        let mut inner = pair.into_inner().filter(|p| !is_keyword(p.as_rule()));
+        let mut next = || inner.next().expect("grammar: statement parts");
+        match rule {
+            Rule::let_stmt => StmtKind::Let {
+                name: self.ident(next()),
+                value: self.expr(next()),
+            },
+            Rule::input_stmt => StmtKind::Input {
+                dims: inner.map(|e| self.expr(e)).collect(),
+            },
+            Rule::repeat_stmt => StmtKind::Repeat {
+                count: self.expr(next()),
+                body: self.body(next()),
+            },
+            Rule::residual_stmt => StmtKind::Residual {
+                body: self.body(next()),
+            },
+            Rule::join_stmt => {
+                let kind = match next().into_inner().next().map(|k| k.as_rule()) {
+                    Some(Rule::kw_add) => JoinKind::Add,
+                    _ => JoinKind::Concat,
+                };
+                StmtKind::Join {
+                    kind,
+                    branches: inner.map(|b| self.branch(b)).collect(),
+                }
+            }
+            Rule::train_stmt => StmtKind::Train {
+                settings: inner
+                    .map(|s| {
+                        let mut parts = s.into_inner();
+                        let key = self.ident(parts.next().expect("grammar: setting key"));
+                        let value = parts.next().expect("grammar: setting value");
+                        let value = match value.as_rule() {
+                            Rule::dashed_name => Expr {
+                                span: self.span(&value),
+                                kind: ExprKind::Name(value.as_str().to_string()),
+                            },
+                            _ => self.expr(value),
+                        };
+                        Setting { key, value }
+                    })
+                    .collect(),
+            },
+            _ => {
+                let name = self.ident(next());
+                let args = next();
+                StmtKind::Layer {
+                    name,
+                    parenthesized: args.as_rule() == Rule::call_args,
+                    args: self.args(args),
+                }
+            }
+        }
+    }
+
+    fn branch(&self, pair: Pair<Rule>) -> Branch {
+        let span = self.span(&pair);
+        let mut label = None;
+        let mut body = Vec::new();
+        for p in pair.into_inner() {
+            match p.as_rule() {
+                Rule::label => label = p.into_inner().next().map(|i| self.ident(i)),
+                Rule::body => body = self.body(p),
+                _ => {}
+            }
+        }
+        Branch { label, body, span }
+    }
+
+    /// `call_args` or `plain_args`: a list of `arg`.
+    fn args(&self, pair: Pair<Rule>) -> Vec<Arg> {
+        pair.into_inner()
+            .map(|arg| {
+                let span = self.span(&arg);
+                let mut parts: Vec<Pair<Rule>> = arg.into_inner().collect();
+                let value = self.expr(parts.pop().expect("grammar: an argument has a value"));
+                let keyword = parts.pop().map(|k| self.ident(k));
+                Arg {
+                    keyword,
+                    value,
+                    span,
+                }
+            })
+            .collect()
+    }
+
+    fn expr(&self, pair: Pair<Rule>) -> Expr {
+        let span = self.span(&pair);
+        let rule = pair.as_rule();
+        let kind = match rule {
+            Rule::expr | Rule::term => {
+                let mut inner = pair.into_inner();
+                let first = self.expr(inner.next().expect("grammar: an operand"));
+                let mut rest = Vec::new();
+                while let (Some(op), Some(operand)) = (inner.next(), inner.next()) {
+                    let op = match op.as_str() {
+                        "+" => BinOp::Add,
+                        "-" => BinOp::Sub,
+                        "*" => BinOp::Mul,
+                        _ => BinOp::Div,
+                    };
+                    rest.push((op, self.expr(operand)));
+                }
+                if rest.is_empty() {
+                    return first;
+                }
+                let first = Box::new(first);
+                if rule == Rule::expr {
+                    ExprKind::Sum { first, rest }
+                } else {
+                    ExprKind::Product { first, rest }
+                }
+            }
+            Rule::unary => {
+                let mut negations = 0usize;
+                let mut operand = None;
+                for p in pair.into_inner() {
+                    match p.as_rule() {
+                        Rule::neg => negations += 1,
+                        _ => operand = Some(self.expr(p)),
+                    }
+                }
+                let operand = operand.expect("grammar: unary has an operand");
+                if negations.is_multiple_of(2) {
+                    return operand;
+                }
+                ExprKind::Neg(Box::new(operand))
+            }
+            Rule::postfix => {
+                let mut inner = pair.into_inner();
+                let base = self.expr(inner.next().expect("grammar: postfix has a base"));
+                let indices: Vec<Expr> = inner
+                    .filter_map(|i| i.into_inner().next())
+                    .map(|e| self.expr(e))
+                    .collect();
+                if indices.is_empty() {
+                    return base;
+                }
+                ExprKind::Index {
+                    base: Box::new(base),
+                    indices,
+                }
+            }
+            Rule::tuple => {
+                let mut items = Vec::new();
+                let mut trailing_comma = false;
+                for p in pair.into_inner() {
+                    match p.as_rule() {
+                        Rule::trailing_comma => trailing_comma = true,
+                        _ => items.push(self.expr(p)),
+                    }
+                }
+                // `(x)` groups; `(x,)` is a one-element tuple, as in Python.
+                if items.len() == 1 && !trailing_comma {
+                    let mut only = items.pop().expect("one item");
+                    only.span = span;
+                    return only;
+                }
+                ExprKind::Tuple(items)
+            }
+            Rule::call => {
+                let mut inner = pair.into_inner();
+                let name = self.ident(inner.next().expect("grammar: call has a name"));
+                let args = self.args(inner.next().expect("grammar: call has arguments"));
+                ExprKind::Call { name, args }
+            }
+            Rule::int => ExprKind::Int(pair.as_str().to_string()),
+            // The grammar admits only digits, a dot and an exponent, which always parse.
+            Rule::float => ExprKind::Float(pair.as_str().parse().unwrap_or(f64::NAN)),
+            Rule::boolean => ExprKind::Bool(pair.as_str() == "true"),
+            Rule::string => ExprKind::Str(string_text(&pair)),
+            _ => ExprKind::Name(pair.as_str().to_string()),
+        };
+        Expr { kind, span }
+    }
+}
+
+/// Pairs that carry no content: keywords, separators, closing braces.
+fn is_keyword(rule: Rule) -> bool {
+    matches!(
+        rule,
+        Rule::sep
+            | Rule::rbrace
+            | Rule::kw_use
+            | Rule::kw_block
+            | Rule::kw_network
+            | Rule::kw_let
+            | Rule::kw_input
+            | Rule::kw_repeat
+            | Rule::kw_residual
+            | Rule::kw_branch
+            | Rule::kw_train
+    )
+}
+
+/// The text between the quotes of a `string` pair.
+fn string_text(pair: &Pair<Rule>) -> String {
+    let s = pair.as_str();
+    s.get(1..s.len().saturating_sub(1))
+        .unwrap_or("")
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_ok(text: &str) -> File {
+        parse(FileId(0), text).unwrap_or_else(|d| panic!("{d:?}"))
+    }
+
+    #[test]
+    fn parses_layers_with_labels_and_arguments() {
+        let file = parse_ok(
+            "network n {\n input [1, 28, 28]\n stem: conv 6 kernel=5 padding=2; relu\n}\n",
+        );
+        let Item::Network(net) = &file.items[0] else {
+            panic!("not a network")
+        };
+        assert_eq!(net.body.len(), 3);
+        let StmtKind::Layer { name, args, .. } = &net.body[1].kind else {
+            panic!("not a layer")
+        };
+        assert_eq!(name.name, "conv");
+        assert_eq!(
+            net.body[1].label.as_ref().map(|l| l.name.as_str()),
+            Some("stem")
+        );
+        assert_eq!(args.len(), 3);
+        assert_eq!(
+            args[1].keyword.as_ref().map(|k| k.name.as_str()),
+            Some("kernel")
+        );
+    }
+
+    #[test]
+    fn long_sums_stay_flat() {
+        let sum = vec!["1"; 5000].join(" + ");
+        let file = parse_ok(&format!("network n {{ let x = {sum} }}"));
+        let Item::Network(net) = &file.items[0] else {
+            panic!("not a network")
+        };
+        let StmtKind::Let { value, .. } = &net.body[0].kind else {
+            panic!("not a let")
+        };
+        let ExprKind::Sum { rest, .. } = &value.kind else {
+            panic!("not a sum")
+        };
+        assert_eq!(rest.len(), 4999);
+    }
+
+    #[test]
+    fn single_parenthesised_value_is_not_a_tuple() {
+        let file = parse_ok("network n { let a = (3); let b = (3,); let c = (3, 5) }");
+        let Item::Network(net) = &file.items[0] else {
+            panic!("not a network")
+        };
+        let kinds: Vec<_> = net
+            .body
+            .iter()
+            .map(|s| match &s.kind {
+                StmtKind::Let { value, .. } => matches!(value.kind, ExprKind::Tuple(_)),
+                _ => panic!("not a let"),
+            })
+            .collect();
+        assert_eq!(kinds, [false, true, true]);
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_crash() {
+        let text = format!(
+            "network n {{ let x = {}1{} }}",
+            "(".repeat(100_000),
+            ")".repeat(100_000)
+        );
+        let err = parse(FileId(0), &text).unwrap_err();
+        assert_eq!(err[0].code, Code::TooDeep);
+    }
+
+    #[test]
+    fn syntax_error_names_the_unexpected_token() {
+        let err = parse(
+            FileId(0),
+            "network n {\n input [1, 28, 28]\n conv 6 kernel=5 )\n}",
+        )
+        .unwrap_err();
+        assert_eq!(err[0].code, Code::Syntax);
+        assert_eq!(err[0].message, "unexpected `)`");
+    }
+}
