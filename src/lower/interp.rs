@@ -8,10 +8,10 @@
 //! writes. A violation is an [`InterpError`] naming the kernel and the access, never a panic. `Exp` and `Ln` use Rust's
 //! `f32` functions, so the JIT's polynomial `exp` is compared against it with a tolerance.
 
-use std::collections::HashMap;
 use std::fmt;
 
 use super::loops::{BinOp, BufId, CmpOp, Cond, Expr, Index, Kernel, Local, Stmt, UnOp, Var};
+use super::races::{Access, RaceLog};
 
 /// What went wrong while interpreting a kernel.
 #[derive(Clone, Debug, PartialEq)]
@@ -109,52 +109,6 @@ struct Machine<'a> {
     /// Loops entered and not yet left (0 at the kernel's top level).
     depth: usize,
     races: Option<RaceLog>,
-}
-
-/// Which iteration of the current top-level parallel loop touched each element.
-#[derive(Default)]
-struct RaceLog {
-    /// The running iteration, while inside a top-level parallel loop.
-    iteration: Option<i64>,
-    touched: HashMap<(BufId, usize), Touch>,
-}
-
-#[derive(Clone, Copy, Default)]
-struct Touch {
-    writer: Option<i64>,
-    reader: Option<i64>,
-    /// An iteration other than `reader` that read it too.
-    other_reader: Option<i64>,
-}
-
-#[derive(Clone, Copy, PartialEq)]
-enum Access {
-    Read,
-    Write,
-}
-
-impl RaceLog {
-    /// Records an access by the running iteration; returns the other iteration it races with.
-    fn record(&mut self, buf: BufId, index: usize, access: Access) -> Option<(i64, i64)> {
-        let it = self.iteration?;
-        let touch = self.touched.entry((buf, index)).or_default();
-        let other = |seen: Option<i64>| seen.filter(|&s| s != it);
-        let conflict = match access {
-            Access::Read => other(touch.writer),
-            Access::Write => other(touch.writer)
-                .or(other(touch.reader))
-                .or(other(touch.other_reader)),
-        };
-        match access {
-            Access::Read => match touch.reader {
-                None => touch.reader = Some(it),
-                Some(r) if r != it => touch.other_reader = Some(it),
-                Some(_) => {}
-            },
-            Access::Write => touch.writer = Some(it),
-        }
-        conflict.map(|c| (c, it))
-    }
 }
 
 impl<'a> Machine<'a> {
