@@ -4,7 +4,7 @@
 //! Pipeline of [`Compiled::new`], one step each:
 //! 1. check: every access of every kernel is proven in bounds for the given buffer lengths,
 //!    and every name exists (`bounds.rs`) — the generated loads and stores are unchecked;
-//! 2. split: each kernel becomes pieces, one function each (`translate.rs` module doc):
+//! 2. split: each kernel becomes pieces, one function each (`pieces.rs`):
 //!    sequential runs of top-level statements, and each top-level `parallel` loop;
 //! 3. translate: loop IR → Cranelift IR (`translate.rs`, `math.rs` for exp and ln);
 //! 4. define and finalize: Cranelift compiles for the host ISA found by `cranelift-native`
@@ -13,13 +13,21 @@
 //! [`Compiled::run`] checks the buffer table against the lengths compiled for, then runs the
 //! pieces of a kernel in order. A parallel piece's range is split into `threads` contiguous
 //! parts run on rayon's global pool (built once by rayon; the CLI sizes it with
-//! `rayon::ThreadPoolBuilder::build_global` and `--threads`). The lowering guarantees that a
-//! parallel loop's iterations write disjoint elements and keep every reduction inside one
-//! iteration, so results are bitwise identical for every thread count.
+//! `rayon::ThreadPoolBuilder::build_global` and `--threads`). A parallel loop is split only
+//! when `disjoint.rs` proves its iterations touch disjoint elements of what they write (no data
+//! race); the lowering keeps every reduction inside one iteration, so results are bitwise
+//! identical for every thread count.
 
 mod bounds;
+mod disjoint;
 mod math;
+mod pieces;
 mod translate;
+
+#[cfg(test)]
+mod random_kernels;
+#[cfg(test)]
+mod test_kernels;
 
 use std::fmt;
 use std::mem::ManuallyDrop;
@@ -33,7 +41,7 @@ use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, Module};
 
 use crate::lower::loops::{BufId, Kernel};
-use translate::Piece;
+use pieces::Piece;
 
 /// Why a kernel cannot be compiled or run. Every variant names the kernel or buffer at fault.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -121,6 +129,12 @@ impl Buffers {
     pub fn lens(&self) -> Vec<usize> {
         self.data.iter().map(Vec::len).collect()
     }
+
+    /// Every buffer, writable, in `BufId` order (for updates that touch many at once, such as
+    /// an optimiser step over parameters and their gradients).
+    pub fn all_mut(&mut self) -> Vec<&mut [f32]> {
+        self.data.iter_mut().map(Vec::as_mut_slice).collect()
+    }
 }
 
 /// A generated function: `(table, lo, hi)`, see `translate.rs`.
@@ -156,8 +170,8 @@ impl Compiled {
         let mut all_pieces = Vec::with_capacity(kernels.len());
         for kernel in kernels {
             bounds::check_kernel(kernel, buffer_lens)?;
-            let pieces = translate::split_pieces(kernel);
-            translate::check_locals_stay_in_piece(kernel, &pieces)?;
+            let pieces = pieces::split_pieces(kernel);
+            pieces::check_locals_stay_in_piece(kernel, &pieces)?;
             all_pieces.push(pieces);
         }
 
@@ -261,8 +275,8 @@ impl Drop for Compiled {
 #[derive(Clone, Copy)]
 struct Table(*const *mut f32);
 
-// SAFETY: the threads of one parallel piece run disjoint iteration ranges, which write disjoint
-// elements (the loop IR's contract for parallel loops), and `run` waits for all of them before
+// SAFETY: the threads of one parallel piece run disjoint iteration ranges, which touch disjoint
+// elements of every buffer they write (proven by `disjoint.rs`), and `run` waits for all of them before
 // the table and its buffers can be touched again.
 unsafe impl Send for Table {}
 // SAFETY: as above: the threads only pass the address on to generated code.
@@ -270,7 +284,8 @@ unsafe impl Sync for Table {}
 
 /// Runs `entry` over `0 .. extent` split into `threads` contiguous ranges.
 fn run_split(entry: PieceFn, table: Table, extent: usize, threads: usize) {
-    let parts = threads.min(extent);
+    // At least one part, so that an empty loop is still a well-formed (empty) range.
+    let parts = threads.min(extent).max(1);
     let range = |part: usize| {
         (
             (extent * part / parts) as i64,
@@ -299,8 +314,8 @@ fn run_split(entry: PieceFn, table: Table, extent: usize, threads: usize) {
 /// as translated, before Cranelift's optimisations, headed by a comment saying what it runs.
 pub fn clif_text(kernel: &Kernel, buffer_lens: &[usize]) -> Result<String, JitError> {
     bounds::check_kernel(kernel, buffer_lens)?;
-    let pieces = translate::split_pieces(kernel);
-    translate::check_locals_stay_in_piece(kernel, &pieces)?;
+    let pieces = pieces::split_pieces(kernel);
+    pieces::check_locals_stay_in_piece(kernel, &pieces)?;
     let isa = host_isa().map_err(|message| JitError::Codegen {
         kernel: kernel.name.clone(),
         message,
@@ -420,270 +435,9 @@ fn host_isa() -> Result<OwnedTargetIsa, String> {
 
 #[cfg(test)]
 mod tests {
+    use super::test_kernels::{index, kernel, load, lp, ramp};
     use super::*;
-    use crate::lower::loops::{BinOp, CmpOp, Cond, Expr, Index, Local, Loop, Stmt, UnOp, Var};
-
-    fn index(terms: &[(u32, i64)], offset: i64) -> Index {
-        Index {
-            terms: terms.iter().map(|&(v, c)| (Var(v), c)).collect(),
-            offset,
-        }
-    }
-
-    fn lp(var: u32, extent: usize, parallel: bool, body: Vec<Stmt>) -> Stmt {
-        Stmt::Loop(Loop {
-            var: Var(var),
-            extent,
-            parallel,
-            body,
-        })
-    }
-
-    fn load(buf: u32, terms: &[(u32, i64)], offset: i64) -> Box<Expr> {
-        Box::new(Expr::Load(BufId(buf), index(terms, offset)))
-    }
-
-    fn kernel(vars: u32, locals: u32, body: Vec<Stmt>) -> Kernel {
-        Kernel {
-            name: "test.forward".to_string(),
-            vars,
-            locals,
-            body,
-        }
-    }
-
-    /// Compiles one kernel, fills buffers with `inputs` (by position) and runs it.
-    fn run_one(kernel: Kernel, lens: &[usize], inputs: &[&[f32]], threads: usize) -> Buffers {
-        let compiled = Compiled::new(&[kernel], lens).expect("kernel compiles");
-        let mut bufs = Buffers::new(lens);
-        for (b, input) in inputs.iter().enumerate() {
-            bufs.get_mut(BufId(b as u32)).copy_from_slice(input);
-        }
-        compiled.run(0, &mut bufs, threads).expect("kernel runs");
-        bufs
-    }
-
-    fn ramp(len: usize, scale: f32, shift: f32) -> Vec<f32> {
-        (0..len)
-            .map(|i| (i as f32 * scale + shift).sin() * 3.0)
-            .collect()
-    }
-
-    #[test]
-    fn nested_loops_with_accumulate_and_fma_match_a_matrix_product_exactly() {
-        // c[i, j] = Σ_k a[i, k]·b[k, j] as fma(a, b, c) with k innermost: the same rounding
-        // sequence as `mul_add` in the same order, so the comparison is exact.
-        let (m, n, k) = (5, 7, 9);
-        let body = vec![lp(
-            0,
-            m,
-            false,
-            vec![lp(
-                1,
-                n,
-                false,
-                vec![lp(
-                    2,
-                    k,
-                    false,
-                    vec![Stmt::Store(
-                        BufId(2),
-                        index(&[(0, n as i64), (1, 1)], 0),
-                        Expr::Fma(
-                            load(0, &[(0, k as i64), (2, 1)], 0),
-                            load(1, &[(2, n as i64), (1, 1)], 0),
-                            load(2, &[(0, n as i64), (1, 1)], 0),
-                        ),
-                    )],
-                )],
-            )],
-        )];
-        let (a, b) = (ramp(m * k, 0.37, 0.1), ramp(k * n, 0.91, -0.4));
-        let bufs = run_one(kernel(3, 0, body), &[m * k, k * n, m * n], &[&a, &b], 1);
-        let mut expected = vec![0.0f32; m * n];
-        for i in 0..m {
-            for j in 0..n {
-                for kk in 0..k {
-                    expected[i * n + j] = a[i * k + kk].mul_add(b[kk * n + j], expected[i * n + j]);
-                }
-            }
-        }
-        assert_eq!(bufs.get(BufId(2)), expected.as_slice());
-    }
-
-    #[test]
-    fn in_bounds_guard_implements_zero_padding() {
-        // y[o] += x[o + t - 1]·w[t] for t in 0..3, skipped where o + t - 1 is outside 0..5.
-        let guarded = Stmt::If(
-            Cond::InBounds(index(&[(0, 1), (1, 1)], -1), 5),
-            vec![Stmt::Accumulate(
-                BufId(2),
-                index(&[(0, 1)], 0),
-                Expr::Binary(
-                    BinOp::Mul,
-                    load(0, &[(0, 1), (1, 1)], -1),
-                    load(1, &[(1, 1)], 0),
-                ),
-            )],
-        );
-        let body = vec![lp(0, 5, false, vec![lp(1, 3, false, vec![guarded])])];
-        let x = [1.0, 2.0, 3.0, 4.0, 5.0];
-        let w = [10.0, 100.0, 1000.0];
-        let bufs = run_one(kernel(2, 0, body), &[5, 3, 5], &[&x, &w], 1);
-        assert_eq!(bufs.get(BufId(2)), &[2100.0, 3210.0, 4320.0, 5430.0, 540.0]);
-    }
-
-    #[test]
-    fn locals_carry_a_running_maximum_and_start_at_zero() {
-        // Per row: l0 = max(l0, x[r, c]) over c, then y[r] = l0 and l1 (never assigned) adds 0.
-        let body = vec![lp(
-            0,
-            3,
-            false,
-            vec![
-                Stmt::Let(Local(0), Expr::Const(f32::NEG_INFINITY)),
-                lp(
-                    1,
-                    4,
-                    false,
-                    vec![Stmt::Let(
-                        Local(0),
-                        Expr::Binary(
-                            BinOp::Max,
-                            Box::new(Expr::Local(Local(0))),
-                            load(0, &[(0, 4), (1, 1)], 0),
-                        ),
-                    )],
-                ),
-                Stmt::Store(
-                    BufId(1),
-                    index(&[(0, 1)], 0),
-                    Expr::Binary(
-                        BinOp::Add,
-                        Box::new(Expr::Local(Local(0))),
-                        Box::new(Expr::Local(Local(1))),
-                    ),
-                ),
-            ],
-        )];
-        let x = [
-            1.0, -7.0, 3.0, 2.0, -5.0, -4.0, -6.0, -9.0, 0.5, 8.0, 8.5, -1.0,
-        ];
-        let bufs = run_one(kernel(2, 2, body), &[12, 3], &[&x], 1);
-        assert_eq!(bufs.get(BufId(1)), &[3.0, -4.0, 8.5]);
-    }
-
-    /// `y[i] = f(x[i], z[i])` for the elements of `x` and `z`.
-    fn elementwise(expr: Expr, x: &[f32], z: &[f32]) -> Vec<f32> {
-        let n = x.len();
-        let body = vec![lp(
-            0,
-            n,
-            false,
-            vec![Stmt::Store(BufId(2), index(&[(0, 1)], 0), expr)],
-        )];
-        run_one(kernel(1, 0, body), &[n, n, n], &[x, z], 1)
-            .get(BufId(2))
-            .to_vec()
-    }
-
-    type Unary = fn(f32) -> f32;
-    type Binary = fn(f32, f32) -> f32;
-    type Compare = fn(&f32, &f32) -> bool;
-
-    const X: [f32; 8] = [1.5, -2.0, 0.0, 3.25, -0.75, 7.0, 2.0, 1e-3];
-    const Z: [f32; 8] = [0.5, -2.0, 4.0, -1.0, -0.5, 7.5, 2.0, 3.0];
-
-    #[test]
-    fn every_unary_op_matches_rust() {
-        let ops: [(UnOp, Unary); 3] = [
-            (UnOp::Neg, |a| -a),
-            (UnOp::Abs, f32::abs),
-            (UnOp::Sqrt, f32::sqrt),
-        ];
-        for (op, reference) in ops {
-            let got = elementwise(Expr::Unary(op, load(0, &[(0, 1)], 0)), &X, &Z);
-            let expected: Vec<f32> = X.iter().map(|&a| reference(a)).collect();
-            // Bitwise, so that NaN from sqrt of a negative compares too.
-            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&got), bits(&expected), "{op:?}");
-        }
-    }
-
-    #[test]
-    fn every_binary_op_matches_rust() {
-        let ops: [(BinOp, Binary); 6] = [
-            (BinOp::Add, |a, b| a + b),
-            (BinOp::Sub, |a, b| a - b),
-            (BinOp::Mul, |a, b| a * b),
-            (BinOp::Div, |a, b| a / b),
-            (BinOp::Max, f32::max),
-            (BinOp::Min, f32::min),
-        ];
-        for (op, reference) in ops {
-            let got = elementwise(
-                Expr::Binary(op, load(0, &[(0, 1)], 0), load(1, &[(0, 1)], 0)),
-                &X,
-                &Z,
-            );
-            let expected: Vec<f32> = X.iter().zip(&Z).map(|(&a, &b)| reference(a, b)).collect();
-            assert_eq!(got, expected, "{op:?}");
-        }
-    }
-
-    #[test]
-    fn every_comparison_matches_rust_through_select_including_nan() {
-        let x = [1.0, 2.0, 3.0, f32::NAN, 1.0];
-        let z = [2.0, 2.0, 1.0, 1.0, f32::NAN];
-        let ops: [(CmpOp, Compare); 6] = [
-            (CmpOp::Lt, f32::lt),
-            (CmpOp::Le, f32::le),
-            (CmpOp::Gt, f32::gt),
-            (CmpOp::Ge, f32::ge),
-            (CmpOp::Eq, f32::eq),
-            (CmpOp::Ne, f32::ne),
-        ];
-        for (op, reference) in ops {
-            let cond = Cond::Cmp(op, load(0, &[(0, 1)], 0), load(1, &[(0, 1)], 0));
-            let expr = Expr::Select(
-                Box::new(cond),
-                Box::new(Expr::Const(1.0)),
-                Box::new(Expr::Const(-1.0)),
-            );
-            let got = elementwise(expr, &x, &z);
-            let expected: Vec<f32> = x
-                .iter()
-                .zip(&z)
-                .map(|(a, b)| if reference(a, b) { 1.0 } else { -1.0 })
-                .collect();
-            assert_eq!(got, expected, "{op:?}");
-        }
-    }
-
-    #[test]
-    fn and_of_conditions_and_index_values() {
-        // y[i, j] = (i·3 + j - 4) where 1 <= i and j < 2 (as InBounds), else -100.
-        let cond = Cond::And(
-            Box::new(Cond::InBounds(index(&[(0, 1)], -1), 10)),
-            Box::new(Cond::InBounds(index(&[(1, 1)], 0), 2)),
-        );
-        let value = Expr::IndexValue(index(&[(0, 3), (1, 1)], -4));
-        let store = Stmt::Store(
-            BufId(0),
-            index(&[(0, 3), (1, 1)], 0),
-            Expr::Select(
-                Box::new(cond),
-                Box::new(value),
-                Box::new(Expr::Const(-100.0)),
-            ),
-        );
-        let body = vec![lp(0, 3, false, vec![lp(1, 3, false, vec![store])])];
-        let bufs = run_one(kernel(2, 0, body), &[9], &[], 1);
-        assert_eq!(
-            bufs.get(BufId(0)),
-            &[-100.0, -100.0, -100.0, -1.0, 0.0, -100.0, 2.0, 3.0, -100.0]
-        );
-    }
+    use crate::lower::loops::{Expr, Local, Stmt, UnOp};
 
     /// Sequential init, a parallel loop with an inner reduction, then a sequential pass that
     /// reads every row's result: the pieces must run in order and the split must not matter.
@@ -765,6 +519,22 @@ mod tests {
             (results[0].get(BufId(2))[0] as f64 - expected_total).abs()
                 <= 1e-5 * expected_total.abs()
         );
+    }
+
+    #[test]
+    fn empty_and_single_iteration_parallel_loops_run_on_any_thread_count() {
+        let store = |var| Stmt::Store(BufId(0), index(&[(var, 1)], 0), Expr::Const(2.0));
+        let body = vec![
+            lp(0, 0, true, vec![store(0)]),
+            lp(1, 1, true, vec![store(1)]),
+        ];
+        for threads in [0, 1, 2] {
+            let compiled =
+                Compiled::new(&[kernel(2, 0, body.clone())], &[1]).expect("kernel compiles");
+            let mut bufs = Buffers::new(&[1]);
+            compiled.run(0, &mut bufs, threads).expect("kernel runs");
+            assert_eq!(bufs.get(BufId(0)), &[2.0], "{threads} threads");
+        }
     }
 
     #[test]

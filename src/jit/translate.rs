@@ -1,25 +1,13 @@
 //! Loop IR → Cranelift IR, one `translate_*` method per construct (after cranelift-jit-demo's
-//! `src/jit.rs`).
-//!
-//! A kernel is compiled as a list of [`Piece`]s, each one Cranelift function of the signature
-//! `fn(table: *const *mut f32, lo: i64, hi: i64)`, where `table[b]` is buffer `b`'s base:
-//! - a maximal run of top-level statements that are not parallel loops is a `Sequential`
-//!   piece, which ignores `lo` and `hi` and runs on one thread;
-//! - a top-level loop marked `parallel` is a `Parallel` piece that runs its iterations
-//!   `lo .. hi`; the runtime calls it on disjoint ranges from several threads.
-//!
-//! The runtime runs the pieces in order, each finished before the next starts, so the order of
-//! the loop IR's top-level statements is kept however many threads run. A local lives in one
-//! piece (checked by [`check_locals_stay_in_piece`]): each generated function starts its locals
-//! at 0.0, which is then exactly the kernel's "locals start at 0.0 on entry".
+//! `src/jit.rs`). Each [`Piece`] of a kernel (see `pieces.rs`) becomes one function of the
+//! signature `fn(table: *const *mut f32, lo: i64, hi: i64)`, where `table[b]` is buffer `b`'s
+//! base and `[lo, hi)` the iterations a parallel piece runs (a sequential piece ignores them).
 //!
 //! Loop variables are `i64` and locals `f32` [`Variable`]s; cranelift-frontend builds the SSA.
 //! Loops are bottom-tested (`extent > 0` is known at compile time, so a loop needs one branch
 //! per iteration). Addresses are `base + Σ 4·coeff·var`, the constant part folded into the
 //! load's or store's offset. Loads and stores are `trusted` (no trap, aligned): the bounds
 //! checker (`bounds.rs`) proved every access in bounds.
-
-use std::collections::BTreeSet;
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
@@ -28,72 +16,9 @@ use cranelift_codegen::ir::{
 use cranelift_codegen::isa::{CallConv, TargetFrontendConfig};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
 
-use super::{math, JitError};
-use crate::lower::loops::{
-    BinOp, BufId, CmpOp, Cond, Expr, Index, Kernel, Local, Loop, Stmt, UnOp,
-};
-
-/// A part of a kernel compiled as one function; see the module doc.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Piece<'k> {
-    Sequential(&'k [Stmt]),
-    Parallel(&'k Loop),
-}
-
-impl Piece<'_> {
-    fn stmts(&self) -> &[Stmt] {
-        match self {
-            Piece::Sequential(stmts) => stmts,
-            Piece::Parallel(lp) => &lp.body,
-        }
-    }
-}
-
-/// Splits a kernel's top-level statements into pieces, in order.
-pub(crate) fn split_pieces(kernel: &Kernel) -> Vec<Piece<'_>> {
-    let mut pieces = Vec::new();
-    let mut run_start = 0;
-    for (i, stmt) in kernel.body.iter().enumerate() {
-        if let Stmt::Loop(lp @ Loop { parallel: true, .. }) = stmt {
-            if run_start < i {
-                pieces.push(Piece::Sequential(&kernel.body[run_start..i]));
-            }
-            pieces.push(Piece::Parallel(lp));
-            run_start = i + 1;
-        }
-    }
-    if run_start < kernel.body.len() {
-        pieces.push(Piece::Sequential(&kernel.body[run_start..]));
-    }
-    pieces
-}
-
-/// Rejects a kernel whose local is used in two pieces (its value cannot cross a piece).
-pub(crate) fn check_locals_stay_in_piece(
-    kernel: &Kernel,
-    pieces: &[Piece],
-) -> Result<(), JitError> {
-    let mut owner: Vec<Option<usize>> = vec![None; kernel.locals as usize];
-    for (i, piece) in pieces.iter().enumerate() {
-        for local in used_locals(piece.stmts()) {
-            let slot = &mut owner[local.0 as usize];
-            match *slot {
-                Some(first) if first != i => {
-                    let what = format!(
-                        "l{} is used in pieces {first} and {i}, across a parallel loop",
-                        local.0
-                    );
-                    return Err(JitError::Malformed {
-                        kernel: kernel.name.clone(),
-                        what,
-                    });
-                }
-                _ => *slot = Some(i),
-            }
-        }
-    }
-    Ok(())
-}
+use super::math;
+use super::pieces::{used_buffers, used_locals, Piece};
+use crate::lower::loops::{BinOp, BufId, CmpOp, Cond, Expr, Index, Kernel, Loop, Stmt, UnOp};
 
 /// The signature of every generated function: `(table, lo, hi)`.
 pub(crate) fn piece_signature(call_conv: CallConv, pointer_type: Type) -> Signature {
@@ -343,26 +268,25 @@ impl Translator<'_> {
             .store(MemFlagsData::trusted(), value, address, offset);
     }
 
-    /// `(base + Σ 4·coeff·var, 4·offset)`: the constant byte offset goes in the instruction.
+    /// `(base + Σ 4·coeff·var, 4·offset)`: the constant byte offset goes in the instruction
+    /// when it fits in 32 bits. The checker proved the whole sum in bounds, not each part, so
+    /// the parts are computed with wrapping arithmetic, as the machine adds them.
     fn translate_address(&mut self, buf: BufId, index: &Index) -> (Value, i32) {
         let base = self.bases[buf.0 as usize].expect("used_buffers lists every accessed buffer");
-        let f32_bytes = types::F32.bytes() as i64;
+        let f32_bytes = i64::from(types::F32.bytes());
         let mut address = base;
         for &(var, coeff) in &index.terms {
             let value = self.builder.use_var(self.vars[var.0 as usize]);
-            let scaled = self.builder.ins().imul_imm_s(value, coeff * f32_bytes);
+            let scaled = self
+                .builder
+                .ins()
+                .imul_imm_s(value, coeff.wrapping_mul(f32_bytes));
             address = self.builder.ins().iadd(address, scaled);
         }
-        // The checker proved base + 4·index in bounds, so the offset fits whenever the buffer is
-        // under 2 GiB; a larger one gets its offset added here.
-        match i32::try_from(index.offset * f32_bytes) {
+        let offset_bytes = index.offset.wrapping_mul(f32_bytes);
+        match i32::try_from(offset_bytes) {
             Ok(offset) => (address, offset),
-            Err(_) => (
-                self.builder
-                    .ins()
-                    .iadd_imm_s(address, index.offset * f32_bytes),
-                0,
-            ),
+            Err(_) => (self.builder.ins().iadd_imm_s(address, offset_bytes), 0),
         }
     }
 
@@ -390,86 +314,224 @@ fn float_cc(op: CmpOp) -> FloatCC {
     }
 }
 
-/// The buffers `stmts` reads or writes, in order.
-fn used_buffers(stmts: &[Stmt]) -> BTreeSet<BufId> {
-    let mut found = BTreeSet::new();
-    visit_stmts(stmts, &mut |item| {
-        if let Item::Buffer(buf) = item {
-            found.insert(buf);
+#[cfg(test)]
+mod tests {
+    use super::super::test_kernels::{index, kernel, load, lp, ramp, run_one};
+    use crate::lower::loops::{BinOp, BufId, CmpOp, Cond, Expr, Local, Stmt, UnOp};
+
+    #[test]
+    fn nested_loops_with_accumulate_and_fma_match_a_matrix_product_exactly() {
+        // c[i, j] = Σ_k a[i, k]·b[k, j] as fma(a, b, c) with k innermost: the same rounding
+        // sequence as `mul_add` in the same order, so the comparison is exact.
+        let (m, n, k) = (5, 7, 9);
+        let body = vec![lp(
+            0,
+            m,
+            false,
+            vec![lp(
+                1,
+                n,
+                false,
+                vec![lp(
+                    2,
+                    k,
+                    false,
+                    vec![Stmt::Store(
+                        BufId(2),
+                        index(&[(0, n as i64), (1, 1)], 0),
+                        Expr::Fma(
+                            load(0, &[(0, k as i64), (2, 1)], 0),
+                            load(1, &[(2, n as i64), (1, 1)], 0),
+                            load(2, &[(0, n as i64), (1, 1)], 0),
+                        ),
+                    )],
+                )],
+            )],
+        )];
+        let (a, b) = (ramp(m * k, 0.37, 0.1), ramp(k * n, 0.91, -0.4));
+        let bufs = run_one(kernel(3, 0, body), &[m * k, k * n, m * n], &[&a, &b], 1);
+        let mut expected = vec![0.0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                for kk in 0..k {
+                    expected[i * n + j] = a[i * k + kk].mul_add(b[kk * n + j], expected[i * n + j]);
+                }
+            }
         }
-    });
-    found
-}
+        assert_eq!(bufs.get(BufId(2)), expected.as_slice());
+    }
 
-/// The locals `stmts` reads or writes, in order.
-fn used_locals(stmts: &[Stmt]) -> BTreeSet<Local> {
-    let mut found = BTreeSet::new();
-    visit_stmts(stmts, &mut |item| {
-        if let Item::Local(local) = item {
-            found.insert(local);
-        }
-    });
-    found
-}
+    #[test]
+    fn in_bounds_guard_implements_zero_padding() {
+        // y[o] += x[o + t - 1]·w[t] for t in 0..3, skipped where o + t - 1 is outside 0..5.
+        let guarded = Stmt::If(
+            Cond::InBounds(index(&[(0, 1), (1, 1)], -1), 5),
+            vec![Stmt::Accumulate(
+                BufId(2),
+                index(&[(0, 1)], 0),
+                Expr::Binary(
+                    BinOp::Mul,
+                    load(0, &[(0, 1), (1, 1)], -1),
+                    load(1, &[(1, 1)], 0),
+                ),
+            )],
+        );
+        let body = vec![lp(0, 5, false, vec![lp(1, 3, false, vec![guarded])])];
+        let x = [1.0, 2.0, 3.0, 4.0, 5.0];
+        let w = [10.0, 100.0, 1000.0];
+        let bufs = run_one(kernel(2, 0, body), &[5, 3, 5], &[&x, &w], 1);
+        assert_eq!(bufs.get(BufId(2)), &[2100.0, 3210.0, 4320.0, 5430.0, 540.0]);
+    }
 
-enum Item {
-    Buffer(BufId),
-    Local(Local),
-}
+    #[test]
+    fn locals_carry_a_running_maximum_and_start_at_zero() {
+        // Per row: l0 = max(l0, x[r, c]) over c, then y[r] = l0 and l1 (never assigned) adds 0.
+        let body = vec![lp(
+            0,
+            3,
+            false,
+            vec![
+                Stmt::Let(Local(0), Expr::Const(f32::NEG_INFINITY)),
+                lp(
+                    1,
+                    4,
+                    false,
+                    vec![Stmt::Let(
+                        Local(0),
+                        Expr::Binary(
+                            BinOp::Max,
+                            Box::new(Expr::Local(Local(0))),
+                            load(0, &[(0, 4), (1, 1)], 0),
+                        ),
+                    )],
+                ),
+                Stmt::Store(
+                    BufId(1),
+                    index(&[(0, 1)], 0),
+                    Expr::Binary(
+                        BinOp::Add,
+                        Box::new(Expr::Local(Local(0))),
+                        Box::new(Expr::Local(Local(1))),
+                    ),
+                ),
+            ],
+        )];
+        let x = [
+            1.0, -7.0, 3.0, 2.0, -5.0, -4.0, -6.0, -9.0, 0.5, 8.0, 8.5, -1.0,
+        ];
+        let bufs = run_one(kernel(2, 2, body), &[12, 3], &[&x], 1);
+        assert_eq!(bufs.get(BufId(1)), &[3.0, -4.0, 8.5]);
+    }
 
-fn visit_stmts(stmts: &[Stmt], visit: &mut impl FnMut(Item)) {
-    for stmt in stmts {
-        match stmt {
-            Stmt::Loop(lp) => visit_stmts(&lp.body, visit),
-            Stmt::If(cond, body) => {
-                visit_cond(cond, visit);
-                visit_stmts(body, visit);
-            }
-            Stmt::Store(buf, _, value) | Stmt::Accumulate(buf, _, value) => {
-                visit(Item::Buffer(*buf));
-                visit_expr(value, visit);
-            }
-            Stmt::Let(local, value) => {
-                visit(Item::Local(*local));
-                visit_expr(value, visit);
-            }
+    /// `y[i] = f(x[i], z[i])` for the elements of `x` and `z`.
+    fn elementwise(expr: Expr, x: &[f32], z: &[f32]) -> Vec<f32> {
+        let n = x.len();
+        let body = vec![lp(
+            0,
+            n,
+            false,
+            vec![Stmt::Store(BufId(2), index(&[(0, 1)], 0), expr)],
+        )];
+        run_one(kernel(1, 0, body), &[n, n, n], &[x, z], 1)
+            .get(BufId(2))
+            .to_vec()
+    }
+
+    type Unary = fn(f32) -> f32;
+    type Binary = fn(f32, f32) -> f32;
+    type Compare = fn(&f32, &f32) -> bool;
+
+    const X: [f32; 8] = [1.5, -2.0, 0.0, 3.25, -0.75, 7.0, 2.0, 1e-3];
+    const Z: [f32; 8] = [0.5, -2.0, 4.0, -1.0, -0.5, 7.5, 2.0, 3.0];
+
+    #[test]
+    fn every_unary_op_matches_rust() {
+        let ops: [(UnOp, Unary); 3] = [
+            (UnOp::Neg, |a| -a),
+            (UnOp::Abs, f32::abs),
+            (UnOp::Sqrt, f32::sqrt),
+        ];
+        for (op, reference) in ops {
+            let got = elementwise(Expr::Unary(op, load(0, &[(0, 1)], 0)), &X, &Z);
+            let expected: Vec<f32> = X.iter().map(|&a| reference(a)).collect();
+            // Bitwise, so that NaN from sqrt of a negative compares too.
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&expected), "{op:?}");
         }
     }
-}
 
-fn visit_cond(cond: &Cond, visit: &mut impl FnMut(Item)) {
-    match cond {
-        Cond::InBounds(..) => {}
-        Cond::Cmp(_, a, b) => {
-            visit_expr(a, visit);
-            visit_expr(b, visit);
-        }
-        Cond::And(a, b) => {
-            visit_cond(a, visit);
-            visit_cond(b, visit);
+    #[test]
+    fn every_binary_op_matches_rust() {
+        let ops: [(BinOp, Binary); 6] = [
+            (BinOp::Add, |a, b| a + b),
+            (BinOp::Sub, |a, b| a - b),
+            (BinOp::Mul, |a, b| a * b),
+            (BinOp::Div, |a, b| a / b),
+            (BinOp::Max, f32::max),
+            (BinOp::Min, f32::min),
+        ];
+        for (op, reference) in ops {
+            let got = elementwise(
+                Expr::Binary(op, load(0, &[(0, 1)], 0), load(1, &[(0, 1)], 0)),
+                &X,
+                &Z,
+            );
+            let expected: Vec<f32> = X.iter().zip(&Z).map(|(&a, &b)| reference(a, b)).collect();
+            assert_eq!(got, expected, "{op:?}");
         }
     }
-}
 
-fn visit_expr(expr: &Expr, visit: &mut impl FnMut(Item)) {
-    match expr {
-        Expr::Const(_) | Expr::IndexValue(_) => {}
-        Expr::Load(buf, _) => visit(Item::Buffer(*buf)),
-        Expr::Local(local) => visit(Item::Local(*local)),
-        Expr::Unary(_, a) => visit_expr(a, visit),
-        Expr::Binary(_, a, b) => {
-            visit_expr(a, visit);
-            visit_expr(b, visit);
+    #[test]
+    fn every_comparison_matches_rust_through_select_including_nan() {
+        let x = [1.0, 2.0, 3.0, f32::NAN, 1.0];
+        let z = [2.0, 2.0, 1.0, 1.0, f32::NAN];
+        let ops: [(CmpOp, Compare); 6] = [
+            (CmpOp::Lt, f32::lt),
+            (CmpOp::Le, f32::le),
+            (CmpOp::Gt, f32::gt),
+            (CmpOp::Ge, f32::ge),
+            (CmpOp::Eq, f32::eq),
+            (CmpOp::Ne, f32::ne),
+        ];
+        for (op, reference) in ops {
+            let cond = Cond::Cmp(op, load(0, &[(0, 1)], 0), load(1, &[(0, 1)], 0));
+            let expr = Expr::Select(
+                Box::new(cond),
+                Box::new(Expr::Const(1.0)),
+                Box::new(Expr::Const(-1.0)),
+            );
+            let got = elementwise(expr, &x, &z);
+            let expected: Vec<f32> = x
+                .iter()
+                .zip(&z)
+                .map(|(a, b)| if reference(a, b) { 1.0 } else { -1.0 })
+                .collect();
+            assert_eq!(got, expected, "{op:?}");
         }
-        Expr::Fma(a, b, c) => {
-            visit_expr(a, visit);
-            visit_expr(b, visit);
-            visit_expr(c, visit);
-        }
-        Expr::Select(cond, a, b) => {
-            visit_cond(cond, visit);
-            visit_expr(a, visit);
-            visit_expr(b, visit);
-        }
+    }
+
+    #[test]
+    fn and_of_conditions_and_index_values() {
+        // y[i, j] = (i·3 + j - 4) where 1 <= i and j < 2 (as InBounds), else -100.
+        let cond = Cond::And(
+            Box::new(Cond::InBounds(index(&[(0, 1)], -1), 10)),
+            Box::new(Cond::InBounds(index(&[(1, 1)], 0), 2)),
+        );
+        let value = Expr::IndexValue(index(&[(0, 3), (1, 1)], -4));
+        let store = Stmt::Store(
+            BufId(0),
+            index(&[(0, 3), (1, 1)], 0),
+            Expr::Select(
+                Box::new(cond),
+                Box::new(value),
+                Box::new(Expr::Const(-100.0)),
+            ),
+        );
+        let body = vec![lp(0, 3, false, vec![lp(1, 3, false, vec![store])])];
+        let bufs = run_one(kernel(2, 0, body), &[9], &[], 1);
+        assert_eq!(
+            bufs.get(BufId(0)),
+            &[-100.0, -100.0, -100.0, -1.0, 0.0, -100.0, 2.0, 3.0, -100.0]
+        );
     }
 }

@@ -1,0 +1,55 @@
+//! Small builders of loop IR kernels and a runner, shared by the JIT's unit tests.
+
+use super::{Buffers, Compiled};
+use crate::lower::loops::{BufId, Expr, Index, Kernel, Loop, Stmt, Var};
+
+pub(crate) fn index(terms: &[(u32, i64)], offset: i64) -> Index {
+    Index {
+        terms: terms.iter().map(|&(v, c)| (Var(v), c)).collect(),
+        offset,
+    }
+}
+
+pub(crate) fn lp(var: u32, extent: usize, parallel: bool, body: Vec<Stmt>) -> Stmt {
+    Stmt::Loop(Loop {
+        var: Var(var),
+        extent,
+        parallel,
+        body,
+    })
+}
+
+pub(crate) fn load(buf: u32, terms: &[(u32, i64)], offset: i64) -> Box<Expr> {
+    Box::new(Expr::Load(BufId(buf), index(terms, offset)))
+}
+
+pub(crate) fn kernel(vars: u32, locals: u32, body: Vec<Stmt>) -> Kernel {
+    Kernel {
+        name: "test.forward".to_string(),
+        vars,
+        locals,
+        body,
+    }
+}
+
+/// Compiles one kernel, fills buffers with `inputs` (by position) and runs it.
+pub(crate) fn run_one(
+    kernel: Kernel,
+    lens: &[usize],
+    inputs: &[&[f32]],
+    threads: usize,
+) -> Buffers {
+    let compiled = Compiled::new(&[kernel], lens).expect("kernel compiles");
+    let mut bufs = Buffers::new(lens);
+    for (b, input) in inputs.iter().enumerate() {
+        bufs.get_mut(BufId(b as u32)).copy_from_slice(input);
+    }
+    compiled.run(0, &mut bufs, threads).expect("kernel runs");
+    bufs
+}
+
+pub(crate) fn ramp(len: usize, scale: f32, shift: f32) -> Vec<f32> {
+    (0..len)
+        .map(|i| (i as f32 * scale + shift).sin() * 3.0)
+        .collect()
+}

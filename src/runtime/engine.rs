@@ -1,0 +1,348 @@
+//! A network compiled for one batch size: the plan's kernels JIT-compiled, every buffer
+//! allocated once, and the operations the commands and the training loop need.
+//!
+//! The engine holds the parameters while it runs (in the plan's `Param` buffers); the training
+//! loop hands them between engines of different batch sizes (an epoch's last, partial batch)
+//! with [`Engine::params`] and [`Engine::set_params`]. Nothing is allocated per step.
+
+use std::fmt;
+
+use rand::RngExt;
+
+use crate::ir::{Graph, Loss, NodeId, Op, ParamId};
+use crate::jit::{Buffers, Compiled, JitError};
+use crate::lower::loops::BufId;
+use crate::lower::step::{plan, BufferRole, Plan};
+use crate::runtime::optim::Optimizer;
+
+/// What a training step is compared against: class indices (cross-entropy) or target values of
+/// the output's shape (mean squared error), one per sample of the batch.
+#[derive(Clone, Copy, Debug)]
+pub enum Truth<'a> {
+    Classes(&'a [u32]),
+    Targets(&'a [f32]),
+}
+
+/// A compile failure, or data of the wrong size for the plan.
+#[derive(Debug)]
+pub enum EngineError {
+    Jit(JitError),
+    /// Values handed in whose count is not what the plan needs.
+    WrongLength {
+        what: String,
+        expected: usize,
+        found: usize,
+    },
+}
+
+impl fmt::Display for EngineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EngineError::Jit(e) => write!(f, "code generation failed: {e}"),
+            EngineError::WrongLength {
+                what,
+                expected,
+                found,
+            } => {
+                write!(
+                    f,
+                    "{what} has {found} values where the network needs {expected}"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for EngineError {}
+
+impl From<JitError> for EngineError {
+    fn from(e: JitError) -> Self {
+        EngineError::Jit(e)
+    }
+}
+
+pub struct Engine {
+    plan: Plan,
+    compiled: Compiled,
+    bufs: Buffers,
+    threads: usize,
+    /// Each dropout node's mask buffer and drop probability.
+    dropouts: Vec<(BufId, f32)>,
+    /// `Param` and `ParamGrad` buffer of each parameter, `Graph::params` order.
+    params: Vec<(BufId, Option<BufId>)>,
+    names: Vec<String>,
+    input: BufId,
+    output: BufId,
+    loss: BufId,
+    truth: BufId,
+}
+
+impl Engine {
+    /// Lowers and compiles `graph` for batches of `batch` samples trained with `loss`; kernels
+    /// run on `threads` threads.
+    pub fn new(
+        graph: &Graph,
+        batch: usize,
+        loss: Loss,
+        threads: usize,
+    ) -> Result<Engine, EngineError> {
+        let plan = plan(graph, batch, loss);
+        let lens: Vec<usize> = plan.buffers.iter().map(|b| b.len).collect();
+        let compiled = Compiled::new(&plan.kernels, &lens)?;
+        let role = |r: BufferRole| {
+            plan.buffer(r)
+                .expect("the plan has a buffer for every role it lowers")
+        };
+        let dropouts = graph
+            .node_ids()
+            .filter_map(|id: NodeId| match graph.node(id).op {
+                Op::Dropout { p } => Some((role(BufferRole::Mask(id)), p)),
+                _ => None,
+            })
+            .collect();
+        let params = (0..graph.params.len() as u32)
+            .map(ParamId)
+            .map(|id| {
+                (
+                    role(BufferRole::Param(id)),
+                    plan.buffer(BufferRole::ParamGrad(id)),
+                )
+            })
+            .collect();
+        let truth = match loss {
+            Loss::CrossEntropy => role(BufferRole::Labels),
+            Loss::Mse => role(BufferRole::Target),
+        };
+        Ok(Engine {
+            input: role(BufferRole::Input),
+            output: role(BufferRole::Value(graph.output)),
+            loss: role(BufferRole::Loss),
+            truth,
+            dropouts,
+            params,
+            names: graph.params.iter().map(|p| p.name.clone()).collect(),
+            bufs: Buffers::new(&lens),
+            plan,
+            compiled,
+            threads: threads.max(1),
+        })
+    }
+
+    pub fn batch(&self) -> usize {
+        self.plan.batch
+    }
+
+    pub fn compile_seconds(&self) -> f64 {
+        self.compiled.compile_seconds()
+    }
+
+    /// Bytes of all buffers (activations, gradients, parameters, optimiser-free).
+    pub fn buffer_bytes(&self) -> usize {
+        self.bufs.lens().iter().sum::<usize>() * std::mem::size_of::<f32>()
+    }
+
+    /// Copies parameter values in, `Graph::params` order; every length is checked.
+    pub fn set_params<V: AsRef<[f32]>>(&mut self, values: &[V]) -> Result<(), EngineError> {
+        if values.len() != self.params.len() {
+            return Err(EngineError::WrongLength {
+                what: "the parameter list".into(),
+                expected: self.params.len(),
+                found: values.len(),
+            });
+        }
+        for (i, value) in values.iter().enumerate() {
+            let what = format!("parameter `{}`", self.names[i]);
+            self.fill(self.params[i].0, value.as_ref(), &what)?;
+        }
+        Ok(())
+    }
+
+    /// The current parameter values, `Graph::params` order.
+    pub fn params(&self) -> Vec<&[f32]> {
+        self.params.iter().map(|&(p, _)| self.bufs.get(p)).collect()
+    }
+
+    /// The gradient of each parameter after [`Engine::train_step`] (`None` for buffers such as
+    /// batchnorm running statistics, and for parameters no loss reaches).
+    pub fn grads(&self) -> Vec<Option<&[f32]>> {
+        self.params
+            .iter()
+            .map(|&(_, g)| g.map(|g| self.bufs.get(g)))
+            .collect()
+    }
+
+    /// The network's output for the last batch run, `[batch, *output]`.
+    pub fn output(&self) -> &[f32] {
+        self.bufs.get(self.output)
+    }
+
+    /// Inference (dropout off, batchnorm running statistics) on a full batch of inputs.
+    pub fn infer(&mut self, input: &[f32]) -> Result<&[f32], EngineError> {
+        self.fill(self.input, input, "the input batch")?;
+        self.run_schedule(Schedule::Infer)?;
+        Ok(self.output())
+    }
+
+    /// Training forward (dropout masks drawn from `rng`, batchnorm batch statistics and running
+    /// update), the loss and the backward pass. Returns the mean loss; parameter gradients are
+    /// then in [`Engine::grads`] and the output in [`Engine::output`].
+    pub fn train_step(
+        &mut self,
+        input: &[f32],
+        truth: Truth,
+        rng: &mut impl RngExt,
+    ) -> Result<f32, EngineError> {
+        self.fill(self.input, input, "the input batch")?;
+        match truth {
+            Truth::Classes(classes) => {
+                let labels = self.bufs.get_mut(self.truth);
+                if labels.len() != classes.len() {
+                    return Err(EngineError::WrongLength {
+                        what: "the label batch".into(),
+                        expected: labels.len(),
+                        found: classes.len(),
+                    });
+                }
+                // Class indices are exact in f32 below 2^24; the data loader checks the range.
+                for (dst, &c) in labels.iter_mut().zip(classes) {
+                    *dst = c as f32;
+                }
+            }
+            Truth::Targets(targets) => self.fill(self.truth, targets, "the target batch")?,
+        }
+        for &(mask, p) in &self.dropouts {
+            let keep = 1.0 / (1.0 - p);
+            for m in self.bufs.get_mut(mask) {
+                *m = if rng.random::<f32>() < p { 0.0 } else { keep };
+            }
+        }
+        self.run_schedule(Schedule::Train)?;
+        let losses = self.bufs.get(self.loss);
+        // Summed in f64 in sample order: the same value for every thread count.
+        Ok((losses.iter().map(|&l| l as f64).sum::<f64>() / losses.len() as f64) as f32)
+    }
+
+    /// One optimiser step on the gradients of the last [`Engine::train_step`].
+    pub fn update(&mut self, optimizer: &mut Optimizer) {
+        let mut slots: Vec<Option<&mut [f32]>> =
+            self.bufs.all_mut().into_iter().map(Some).collect();
+        let mut params = Vec::new();
+        let mut grads = Vec::new();
+        for &(p, g) in &self.params {
+            let param = slots[p.0 as usize]
+                .take()
+                .expect("parameters have distinct buffers");
+            let grad: &[f32] = match g {
+                Some(g) => slots[g.0 as usize]
+                    .take()
+                    .expect("gradients have distinct buffers"),
+                None => &[],
+            };
+            params.push(param);
+            grads.push(grad);
+        }
+        optimizer.step(&mut params, &grads);
+    }
+
+    fn run_schedule(&mut self, schedule: Schedule) -> Result<(), EngineError> {
+        let kernels: &[usize] = match schedule {
+            Schedule::Infer => &self.plan.infer,
+            Schedule::Train => &self.plan.train_forward,
+        };
+        for &k in kernels {
+            self.compiled.run(k, &mut self.bufs, self.threads)?;
+        }
+        if let Schedule::Train = schedule {
+            self.compiled
+                .run(self.plan.loss, &mut self.bufs, self.threads)?;
+            for &k in &self.plan.backward {
+                self.compiled.run(k, &mut self.bufs, self.threads)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn fill(&mut self, buf: BufId, values: &[f32], what: &str) -> Result<(), EngineError> {
+        let dst = self.bufs.get_mut(buf);
+        if dst.len() != values.len() {
+            return Err(EngineError::WrongLength {
+                what: what.into(),
+                expected: dst.len(),
+                found: values.len(),
+            });
+        }
+        dst.copy_from_slice(values);
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Schedule {
+    Infer,
+    Train,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::Init;
+    use crate::reference::{self, Mode};
+    use crate::runtime::{init::initialize, rng, Stream};
+    use crate::span::SourceMap;
+    use ndarray::{ArrayD, IxDyn};
+
+    fn lenet() -> Graph {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/lenet.cnn");
+        crate::load_file(&path, &mut SourceMap::default())
+            .expect("lenet checks")
+            .remove(0)
+    }
+
+    /// The engine's training step (JIT) agrees with the reference forward, loss and backward.
+    #[test]
+    fn train_step_matches_reference() {
+        let graph = lenet();
+        let batch = 5;
+        let values = initialize(&graph, Init::Xavier, 3);
+        let mut engine = Engine::new(&graph, batch, Loss::CrossEntropy, 2).unwrap();
+        engine.set_params(&values).unwrap();
+        let sample = graph.input().shape.numel();
+        let input: Vec<f32> = (0..batch * sample)
+            .map(|i| ((i * 7919) % 255) as f32 / 255.0)
+            .collect();
+        let labels: Vec<u32> = (0..batch as u32).map(|i| (i * 3) % 10).collect();
+        let loss = engine
+            .train_step(&input, Truth::Classes(&labels), &mut rng(0, Stream::Init))
+            .unwrap();
+
+        let mut shape = vec![batch];
+        shape.extend(&graph.input().shape.0);
+        let x = ArrayD::from_shape_vec(IxDyn(&shape), input).unwrap();
+        let mut params: Vec<ArrayD<f32>> = graph
+            .params
+            .iter()
+            .zip(&values)
+            .map(|(p, v)| ArrayD::from_shape_vec(IxDyn(&p.shape), v.clone()).unwrap())
+            .collect();
+        let masks = vec![None; graph.nodes.len()];
+        let acts = reference::forward(&graph, &mut params, &x, Mode::Train, &masks);
+        let labels: Vec<usize> = labels.iter().map(|&l| l as usize).collect();
+        let (ref_loss, grad) =
+            reference::loss::cross_entropy(&acts[graph.output.0 as usize], &labels);
+        let grads = reference::backward(&graph, &params, &acts, &masks, grad);
+        assert!(
+            (loss - ref_loss).abs() <= 1e-5 * ref_loss.abs().max(1.0),
+            "{loss} vs {ref_loss}"
+        );
+        for ((p, jit), reference) in graph.params.iter().zip(engine.grads()).zip(&grads.params) {
+            let (jit, reference) = (jit.unwrap(), reference.as_ref().unwrap());
+            for (a, b) in jit.iter().zip(reference.iter()) {
+                assert!(
+                    (a - b).abs() <= 1e-5 + 1e-4 * b.abs(),
+                    "{}: {a} vs {b}",
+                    p.name
+                );
+            }
+        }
+    }
+}
