@@ -13,14 +13,15 @@
 //! Writes are atomic: the file is written to `<file>.tmp` in the same folder, flushed to disk,
 //! then renamed over the target, so an interruption leaves the previous checkpoint intact.
 
+mod file;
+
 use crate::diag::did_you_mean;
 use crate::ir::Graph;
 use crate::runtime::optim::OptimizerState;
-use safetensors::tensor::{Dtype, SafeTensors, View};
-use std::borrow::Cow;
+use file::{save_tensors, F32};
+use safetensors::tensor::{Dtype, SafeTensors};
 use std::collections::HashMap;
 use std::fmt;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 const OPTIMIZER_PREFIX: &str = "optimizer:";
@@ -141,74 +142,6 @@ impl fmt::Display for CheckpointError {
 }
 
 impl std::error::Error for CheckpointError {}
-
-/// An f32 tensor borrowed for serialisation.
-struct F32<'a> {
-    shape: Vec<usize>,
-    values: &'a [f32],
-}
-
-impl View for F32<'_> {
-    fn dtype(&self) -> Dtype {
-        Dtype::F32
-    }
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    fn data(&self) -> Cow<'_, [u8]> {
-        Cow::Owned(self.values.iter().flat_map(|v| v.to_le_bytes()).collect())
-    }
-    fn data_len(&self) -> usize {
-        self.values.len() * 4
-    }
-}
-
-/// Writes `bytes` to `<path>.tmp`, syncs it, and renames it over `path`.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(".tmp");
-    let tmp = path.with_file_name(tmp_name);
-    let write = || -> std::io::Result<()> {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    if let Err(source) = write() {
-        // Best effort: the temporary file is garbage now; the error that matters is `source`.
-        let _ = std::fs::remove_file(&tmp);
-        return Err(CheckpointError::Io {
-            path: path.to_path_buf(),
-            source,
-        });
-    }
-    // Make the rename itself durable. Some file systems cannot sync a directory; the data is
-    // already safe in the file, so that failure is not worth reporting.
-    let folder = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    if let Ok(dir) = std::fs::File::open(folder) {
-        let _ = dir.sync_all();
-    }
-    Ok(())
-}
-
-/// Serialises named tensors (and metadata) to `path`, atomically.
-fn save_tensors(
-    path: &Path,
-    tensors: Vec<(String, F32<'_>)>,
-    metadata: HashMap<String, String>,
-) -> Result<(), CheckpointError> {
-    let metadata = (!metadata.is_empty()).then_some(metadata);
-    let bytes = safetensors::tensor::serialize(tensors, metadata).map_err(|e| {
-        CheckpointError::Corrupt {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        }
-    })?;
-    write_atomically(path, &bytes)
-}
 
 /// Saves the parameters (`Graph::params` order) and, for training, the optimiser state and
 /// progress. Each `params[i]` must hold `graph.params[i].numel()` values.
@@ -455,69 +388,15 @@ pub fn load(path: &Path, graph: &Graph) -> Result<Checkpoint, CheckpointError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ir::{self, BatchNorm, Dense, Node, NodeId, Op, Param, ParamId, ParamKind, Shape};
-    use crate::span::Span;
+    use crate::ir;
+    use crate::span::SourceMap;
 
-    fn node(op: Op, shape: Vec<usize>, name: &str) -> Node {
-        Node {
-            op,
-            inputs: vec![],
-            shape: Shape(shape),
-            span: Span::default(),
-            name: name.into(),
-        }
-    }
-
-    fn param(name: &str, shape: Vec<usize>, kind: ParamKind, node: u32) -> Param {
-        Param {
-            name: name.into(),
-            shape,
-            kind,
-            node: NodeId(node),
-        }
-    }
-
-    /// input [3] → dense 2 → batchnorm.
+    /// input [3] → dense 2 → batchnorm, built by the front end.
     fn graph() -> Graph {
-        let dense = Dense {
-            in_features: 3,
-            units: 2,
-            weight: ParamId(0),
-            bias: Some(ParamId(1)),
-        };
-        let bn = BatchNorm {
-            channels: 2,
-            eps: 1e-5,
-            momentum: 0.1,
-            weight: ParamId(2),
-            bias: ParamId(3),
-            running_mean: ParamId(4),
-            running_var: ParamId(5),
-        };
-        Graph {
-            name: "t".into(),
-            nodes: vec![
-                node(Op::Input, vec![3], "input"),
-                node(Op::Dense(dense), vec![2], "dense1"),
-                node(Op::BatchNorm(bn), vec![2], "batchnorm1"),
-            ],
-            params: vec![
-                param("dense1.weight", vec![2, 3], ParamKind::Weight, 1),
-                param("dense1.bias", vec![2], ParamKind::Bias, 1),
-                param("batchnorm1.weight", vec![2], ParamKind::Weight, 2),
-                param("batchnorm1.bias", vec![2], ParamKind::Bias, 2),
-                param(
-                    "batchnorm1.running_mean",
-                    vec![2],
-                    ParamKind::RunningMean,
-                    2,
-                ),
-                param("batchnorm1.running_var", vec![2], ParamKind::RunningVar, 2),
-            ],
-            output: NodeId(2),
-            train: None,
-            span: Span::default(),
-        }
+        let text = "network t { input [3]; dense 2; batchnorm }";
+        let mut graphs =
+            crate::load_str("t.cnn", text, &mut SourceMap::default()).expect("valid network");
+        graphs.remove(0)
     }
 
     fn values() -> Vec<Vec<f32>> {
