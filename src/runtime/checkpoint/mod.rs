@@ -16,7 +16,7 @@
 mod file;
 
 use crate::diag::did_you_mean;
-use crate::ir::Graph;
+use crate::ir::{Graph, Param};
 use crate::runtime::optim::OptimizerState;
 use file::{save_tensors, F32};
 use safetensors::tensor::{Dtype, SafeTensors};
@@ -82,8 +82,9 @@ pub enum CheckpointError {
         tensor: String,
         found: String,
     },
-    /// Metadata that does not parse, or optimiser tensors without their metadata.
-    BadMetadata {
+    /// Metadata that does not parse, optimiser tensors without their metadata, or a number of
+    /// tensors handed to `save` that is not the network's number of parameters.
+    Inconsistent {
         path: PathBuf,
         reason: String,
     },
@@ -136,12 +137,50 @@ impl fmt::Display for CheckpointError {
                     path.display()
                 )
             }
-            BadMetadata { path, reason } => write!(f, "{}: {reason}", path.display()),
+            Inconsistent { path, reason } => write!(f, "{}: {reason}", path.display()),
         }
     }
 }
 
 impl std::error::Error for CheckpointError {}
+
+/// Pairs `values` (one slice per entry of `Graph::params`) with the parameters' names, keeping
+/// those `keep` accepts; a slice of the wrong length is refused rather than written.
+fn named<'a>(
+    path: &Path,
+    graph: &Graph,
+    values: &[&'a [f32]],
+    keep: impl Fn(&Param) -> bool,
+) -> Result<Vec<(String, F32<'a>)>, CheckpointError> {
+    if values.len() != graph.params.len() {
+        return Err(CheckpointError::Inconsistent {
+            path: path.to_path_buf(),
+            reason: format!(
+                "{} tensors given for the network's {} parameters",
+                values.len(),
+                graph.params.len()
+            ),
+        });
+    }
+    graph
+        .params
+        .iter()
+        .zip(values)
+        .filter(|(p, _)| keep(p))
+        .map(|(p, &values)| {
+            if values.len() != p.numel() {
+                return Err(CheckpointError::WrongShape {
+                    path: path.to_path_buf(),
+                    tensor: p.name.clone(),
+                    expected: p.shape.clone(),
+                    found: vec![values.len()],
+                });
+            }
+            let shape = p.shape.clone();
+            Ok((p.name.clone(), F32 { shape, values }))
+        })
+        .collect()
+}
 
 /// Saves the parameters (`Graph::params` order) and, for training, the optimiser state and
 /// progress. Each `params[i]` must hold `graph.params[i].numel()` values.
@@ -152,20 +191,7 @@ pub fn save(
     optimizer: Option<&OptimizerState>,
     progress: Option<&Progress>,
 ) -> Result<(), CheckpointError> {
-    let mut tensors: Vec<(String, F32)> = graph
-        .params
-        .iter()
-        .zip(params)
-        .map(|(p, &values)| {
-            (
-                p.name.clone(),
-                F32 {
-                    shape: p.shape.clone(),
-                    values,
-                },
-            )
-        })
-        .collect();
+    let mut tensors = named(path, graph, params, |_| true)?;
     let mut metadata = HashMap::new();
     fn add_state<'a>(graph: &Graph, kind: &str, i: usize, values: &'a [f32]) -> (String, F32<'a>) {
         let name = format!("{OPTIMIZER_PREFIX}{kind}:{}", graph.params[i].name);
@@ -210,21 +236,7 @@ pub fn save(
 /// Saves the gradients of the trainable parameters (`grads` in `Graph::params` order; entries
 /// of buffers are ignored) under the parameters' names: the output of `cnnc grad`.
 pub fn save_gradients(path: &Path, graph: &Graph, grads: &[&[f32]]) -> Result<(), CheckpointError> {
-    let tensors = graph
-        .params
-        .iter()
-        .zip(grads)
-        .filter(|(p, _)| p.kind.trainable())
-        .map(|(p, &values)| {
-            (
-                p.name.clone(),
-                F32 {
-                    shape: p.shape.clone(),
-                    values,
-                },
-            )
-        })
-        .collect();
+    let tensors = named(path, graph, grads, |p| p.kind.trainable())?;
     save_tensors(path, tensors, HashMap::new())
 }
 
@@ -300,7 +312,7 @@ pub fn load(path: &Path, graph: &Graph) -> Result<Checkpoint, CheckpointError> {
         metadata
             .get(key)
             .map(|v| {
-                v.parse::<u64>().map_err(|_| CheckpointError::BadMetadata {
+                v.parse::<u64>().map_err(|_| CheckpointError::Inconsistent {
                     path: path_buf(),
                     reason: format!("metadata `{key}` = {v:?} is not a whole number"),
                 })
@@ -311,7 +323,7 @@ pub fn load(path: &Path, graph: &Graph) -> Result<Checkpoint, CheckpointError> {
         |kind: &str, i: usize| format!("{OPTIMIZER_PREFIX}{kind}:{}", graph.params[i].name);
     let optimizer = match metadata.get(KEY_OPTIMIZER).map(String::as_str) {
         None if file.names().iter().any(|n| n.starts_with(OPTIMIZER_PREFIX)) => {
-            return Err(CheckpointError::BadMetadata {
+            return Err(CheckpointError::Inconsistent {
                 path: path_buf(),
                 reason: format!("optimiser tensors without the `{KEY_OPTIMIZER}` metadata"),
             })
@@ -351,7 +363,7 @@ pub fn load(path: &Path, graph: &Graph) -> Result<Checkpoint, CheckpointError> {
                 });
             }
             Some(OptimizerState::Adam {
-                step: number(KEY_ADAM_STEP)?.ok_or_else(|| CheckpointError::BadMetadata {
+                step: number(KEY_ADAM_STEP)?.ok_or_else(|| CheckpointError::Inconsistent {
                     path: path_buf(),
                     reason: format!("Adam state without `{KEY_ADAM_STEP}`"),
                 })?,
@@ -360,7 +372,7 @@ pub fn load(path: &Path, graph: &Graph) -> Result<Checkpoint, CheckpointError> {
             })
         }
         Some(other) => {
-            return Err(CheckpointError::BadMetadata {
+            return Err(CheckpointError::Inconsistent {
                 path: path_buf(),
                 reason: format!("unknown optimiser {other:?} in `{KEY_OPTIMIZER}`"),
             })
@@ -618,6 +630,21 @@ mod tests {
         save(&path, &graph(), &slices(&zeros), None, None).expect("save over");
         assert_ne!(std::fs::read(&path).expect("read"), before);
         assert_eq!(load(&path, &graph()).expect("load").params, zeros);
+    }
+
+    #[test]
+    fn slices_of_the_wrong_length_are_refused_not_written() {
+        let path = temp("short.safetensors");
+        let mut short = values();
+        short[0].pop();
+        let err = save(&path, &graph(), &slices(&short), None, None).expect_err("5 of 6");
+        assert!(
+            matches!(&err, CheckpointError::WrongShape { tensor, .. } if tensor == "dense1.weight"),
+            "{err}"
+        );
+        let err = save_gradients(&path, &graph(), &slices(&values()[..2])).expect_err("2 of 6");
+        assert!(matches!(err, CheckpointError::Inconsistent { .. }));
+        assert!(!path.exists());
     }
 
     #[test]
