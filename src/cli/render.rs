@@ -133,3 +133,30 @@ impl miette::Diagnostic for Report {
         Some(Box::new(self.labels.iter().cloned()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diag::Code;
+    use crate::span::Span;
+
+    #[test]
+    fn labels_in_other_files_become_notes_with_positions() {
+        let mut sources = SourceMap::default();
+        let main = sources.add("main.cnn", None, "network n {\n  relu\n}\n".into());
+        let other = sources.add("lib.cnn", None, "block b() {\n  conv\n}\n".into());
+        let d = Diagnostic::error(Code::MissingArgument, "`conv` needs the argument `kernel`")
+            .label(Span::new(main, 14, 18), "here")
+            .label(Span::new(other, 14, 18), "in this block")
+            .help("add `kernel=3`");
+        let text = render(&sources, &[d], false);
+        assert!(
+            text.contains("error[E0009]: `conv` needs the argument `kernel`"),
+            "{text}"
+        );
+        assert!(text.contains("main.cnn:2:3"), "{text}");
+        assert!(text.contains("note: in this block (lib.cnn:2:3)"), "{text}");
+        assert!(text.contains("help: add `kernel=3`"), "{text}");
+        assert!(!text.contains('\u{1b}'), "no colour: {text}");
+    }
+}

@@ -172,7 +172,7 @@ struct Builder<'a> {
     /// Statements and repeat iterations expanded so far (bounded by [`MAX_EXPANSION_STEPS`]).
     steps: usize,
     /// The block calls being expanded, innermost last, for recursion and depth checks.
-    calls: Vec<(&'a str, Span)>,
+    calls: Vec<&'a str>,
     train_span: Option<Span>,
     param_total: usize,
 }
@@ -423,10 +423,10 @@ impl<'a> Builder<'a> {
         current: NodeId,
         naming: &mut Naming,
     ) -> diag::Result<NodeId> {
-        if let Some(at) = self.calls.iter().position(|(b, _)| *b == block.name.name) {
+        if let Some(at) = self.calls.iter().position(|b| *b == block.name.name) {
             let chain: Vec<&str> = self.calls[at..]
                 .iter()
-                .map(|(b, _)| *b)
+                .copied()
                 .chain([block.name.name.as_str()])
                 .collect();
             return Err(vec![Diagnostic::error(
@@ -459,7 +459,7 @@ impl<'a> Builder<'a> {
             scope.bind(&param.name.name, value, param.name.span)?;
         }
         let node_name = naming.claim(stmt.label.as_ref(), &block.name.name, stmt.span)?;
-        self.calls.push((&block.name.name, name.span));
+        self.calls.push(&block.name.name);
         let out = self.body(
             &block.body,
             current,
