@@ -68,6 +68,13 @@ class FetchError(Exception):
 
 def check_idx(folder, digests):
     """Raise FetchError unless `folder` holds the four valid IDX files with the given MD5s."""
+    try:
+        _check_idx(folder, digests)
+    except (OSError, EOFError, struct.error) as e:  # a truncated or corrupt gzip file
+        raise FetchError(f"{folder}: {e}") from None
+
+
+def _check_idx(folder, digests):
     for name, digest in digests.items():
         path = os.path.join(folder, name)
         if not os.path.exists(path):

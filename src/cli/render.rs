@@ -9,6 +9,7 @@ use miette::{GraphicalReportHandler, GraphicalTheme, LabeledSpan, NamedSource};
 
 use crate::diag::Diagnostic;
 use crate::span::{FileId, SourceMap};
+use crate::syntax::PRELUDE_NAME;
 
 /// Fixed so that rendered text (and the snapshots of it) does not depend on the terminal.
 const WIDTH: usize = 100;
@@ -60,18 +61,22 @@ struct Report {
 
 impl Report {
     fn new(sources: &SourceMap, d: &Diagnostic) -> Report {
-        let primary_file: Option<FileId> = d
-            .labels
-            .first()
-            .map(|(s, _)| s.file)
-            .filter(|f| (f.0 as usize) < sources.files.len());
+        // Show the user's own file when a label is in it: a mistake inside a prelude block is
+        // best shown at the user's call, with the prelude line as a note.
+        let known = |f: &FileId| (f.0 as usize) < sources.files.len();
+        let files: Vec<FileId> = d.labels.iter().map(|(s, _)| s.file).filter(known).collect();
+        let primary_file: Option<FileId> = files
+            .iter()
+            .copied()
+            .find(|&f| sources.file(f).name != PRELUDE_NAME)
+            .or(files.first().copied());
         let mut labels = Vec::new();
         let mut notes = Vec::new();
-        for (i, (span, text)) in d.labels.iter().enumerate() {
+        for (span, text) in &d.labels {
             if Some(span.file) == primary_file {
                 let len = (span.end.saturating_sub(span.start)) as usize;
                 let label = Some(text.clone()).filter(|t| !t.is_empty());
-                labels.push(if i == 0 {
+                labels.push(if labels.is_empty() {
                     LabeledSpan::new_primary_with_span(label, (span.start as usize, len))
                 } else {
                     LabeledSpan::new_with_span(label, (span.start as usize, len))
@@ -126,5 +131,32 @@ impl miette::Diagnostic for Report {
     }
     fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
         Some(Box::new(self.labels.iter().cloned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diag::Code;
+    use crate::span::Span;
+
+    #[test]
+    fn labels_in_other_files_become_notes_with_positions() {
+        let mut sources = SourceMap::default();
+        let main = sources.add("main.cnn", None, "network n {\n  relu\n}\n".into());
+        let other = sources.add("lib.cnn", None, "block b() {\n  conv\n}\n".into());
+        let d = Diagnostic::error(Code::MissingArgument, "`conv` needs the argument `kernel`")
+            .label(Span::new(main, 14, 18), "here")
+            .label(Span::new(other, 14, 18), "in this block")
+            .help("add `kernel=3`");
+        let text = render(&sources, &[d], false);
+        assert!(
+            text.contains("error[E0009]: `conv` needs the argument `kernel`"),
+            "{text}"
+        );
+        assert!(text.contains("main.cnn:2:3"), "{text}");
+        assert!(text.contains("note: in this block (lib.cnn:2:3)"), "{text}");
+        assert!(text.contains("help: add `kernel=3`"), "{text}");
+        assert!(!text.contains('\u{1b}'), "no colour: {text}");
     }
 }

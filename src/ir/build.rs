@@ -1,17 +1,12 @@
 //! AST → [`Graph`]: blocks are called, `repeat` unrolled, `residual` desugared to `add`, `let`
-//! evaluated, and every node named and shape-checked as it is appended.
-//!
-//! Names: a node is named by its label, or by its op or block name and a 1-based count among
-//! the unlabelled same-named siblings of its naming scope (`conv1`, `conv2`). Block calls,
-//! branches and `residual` open a naming scope (`inception1.branch2.conv1`); `repeat` and
-//! `concat`/`add` do not (a `repeat` body is unrolled into its parent, and the branches of a
-//! join are siblings in the join's scope).
+//! evaluated, and every node named (`ir::names`) and shape-checked as it is appended.
 
 use std::collections::HashMap;
 
 use super::args::bind;
 use super::eval::{eval, eval_args, expect_int, Scope};
 use super::layer::{self, InputSite, OPS};
+use super::names::Naming;
 use super::params;
 use super::shape::{self, ShapeError};
 use super::train::train_config;
@@ -154,7 +149,7 @@ pub fn build_network(net: &NetworkDef, blocks: &Blocks) -> diag::Result<Graph> {
         .as_ref()
         .map_or("input", |l| l.name.as_str())
         .to_string();
-    naming.taken.insert(name.clone(), first.span);
+    naming.reserve(&name, first.span);
     let input = builder.push(Op::Input, vec![], Shape(shape), first.span, name, vec![])?;
     let output = builder.body(&net.body[lets + 1..], input, &mut scope, &mut naming, true)?;
     builder.graph.output = output;
@@ -177,7 +172,7 @@ struct Builder<'a> {
     /// Statements and repeat iterations expanded so far (bounded by [`MAX_EXPANSION_STEPS`]).
     steps: usize,
     /// The block calls being expanded, innermost last, for recursion and depth checks.
-    calls: Vec<(&'a str, Span)>,
+    calls: Vec<&'a str>,
     train_span: Option<Span>,
     param_total: usize,
 }
@@ -428,10 +423,10 @@ impl<'a> Builder<'a> {
         current: NodeId,
         naming: &mut Naming,
     ) -> diag::Result<NodeId> {
-        if let Some(at) = self.calls.iter().position(|(b, _)| *b == block.name.name) {
+        if let Some(at) = self.calls.iter().position(|b| *b == block.name.name) {
             let chain: Vec<&str> = self.calls[at..]
                 .iter()
-                .map(|(b, _)| *b)
+                .copied()
                 .chain([block.name.name.as_str()])
                 .collect();
             return Err(vec![Diagnostic::error(
@@ -464,7 +459,7 @@ impl<'a> Builder<'a> {
             scope.bind(&param.name.name, value, param.name.span)?;
         }
         let node_name = naming.claim(stmt.label.as_ref(), &block.name.name, stmt.span)?;
-        self.calls.push((&block.name.name, name.span));
+        self.calls.push(&block.name.name);
         let out = self.body(
             &block.body,
             current,
@@ -500,9 +495,20 @@ impl<'a> Builder<'a> {
         }
         let id = NodeId(self.graph.nodes.len() as u32);
         for (kind, param_shape) in params {
-            let numel = shape::checked_numel(&param_shape).filter(|&n| n <= MAX_ELEMENTS);
-            self.param_total = numel
-                .and_then(|n| self.param_total.checked_add(n))
+            let param_name = format!("{name}.{}", kind.suffix());
+            let Some(numel) = shape::checked_numel(&param_shape).filter(|&n| n <= MAX_ELEMENTS)
+            else {
+                return Err(vec![too_large(
+                    span,
+                    format!(
+                        "`{param_name}` {} has more than {MAX_ELEMENTS} elements",
+                        Shape(param_shape)
+                    ),
+                )]);
+            };
+            self.param_total = self
+                .param_total
+                .checked_add(numel)
                 .filter(|&t| t <= MAX_PARAMS)
                 .ok_or_else(|| {
                     vec![too_large(
@@ -511,7 +517,7 @@ impl<'a> Builder<'a> {
                     )]
                 })?;
             self.graph.params.push(Param {
-                name: format!("{name}.{}", kind.suffix()),
+                name: param_name,
                 shape: param_shape,
                 kind,
                 node: id,
@@ -531,51 +537,5 @@ impl<'a> Builder<'a> {
             name,
         });
         Ok(id)
-    }
-}
-
-/// Names in one naming scope: the path prefix, per-name counts, names taken.
-struct Naming {
-    prefix: String,
-    counts: HashMap<String, usize>,
-    taken: HashMap<String, Span>,
-}
-
-impl Naming {
-    fn root() -> Naming {
-        Naming {
-            prefix: String::new(),
-            counts: HashMap::new(),
-            taken: HashMap::new(),
-        }
-    }
-
-    /// The scope inside the node or call named `path`.
-    fn child(&self, path: &str) -> Naming {
-        Naming {
-            prefix: format!("{path}."),
-            counts: HashMap::new(),
-            taken: HashMap::new(),
-        }
-    }
-
-    /// The full path for a new node or scope at `span`: its label, or `base` plus a count.
-    fn claim(&mut self, label: Option<&Ident>, base: &str, span: Span) -> diag::Result<String> {
-        let local = match label {
-            Some(l) => l.name.clone(),
-            None => {
-                let count = self.counts.entry(base.to_string()).or_insert(0);
-                *count += 1;
-                format!("{base}{count}")
-            }
-        };
-        let span = label.map_or(span, |l| l.span);
-        if let Some(first) = self.taken.insert(local.clone(), span) {
-            return Err(vec![Diagnostic::error(Code::DuplicateDefinition, format!("two layers are named `{}{local}`", self.prefix))
-                .label(span, format!("named `{local}` here"))
-                .label(first, "and here")
-                .note("an unlabelled layer is named after its op and a count; labels must differ from those names and from each other")]);
-        }
-        Ok(format!("{}{local}", self.prefix))
     }
 }

@@ -153,7 +153,7 @@ pub fn resolve(
         }),
         "relu" => Op::Activation(Activation::Relu),
         "leaky_relu" => Op::Activation(Activation::LeakyRelu {
-            slope: args.float("slope", Some(0.01), |_| true, "")?,
+            slope: args.float("slope", Some(0.01), |_| true, "a finite number")?,
         }),
         "sigmoid" => Op::Activation(Activation::Sigmoid),
         "tanh" => Op::Activation(Activation::Tanh),

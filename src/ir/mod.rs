@@ -18,6 +18,7 @@ pub mod args;
 pub mod build;
 pub mod eval;
 pub mod layer;
+pub mod names;
 pub mod params;
 pub mod print;
 pub mod shape;

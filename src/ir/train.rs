@@ -250,3 +250,53 @@ fn optimizer(value: &Value, span: Span, scope: &Scope) -> diag::Result<Optimizer
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::diag::Code;
+    use crate::ir::{DataSource, Optimizer, TrainConfig};
+    use crate::span::SourceMap;
+
+    fn train(settings: &str) -> Result<TrainConfig, Code> {
+        let text = format!(
+            "network n {{\n input [4]\n let rate = 0.05\n dense 2\n train {{ {settings} }}\n}}"
+        );
+        crate::load_str("t.cnn", &text, &mut SourceMap::default())
+            .map(|mut g| g.remove(0).train.unwrap_or_default())
+            .map_err(|d| d[0].code)
+    }
+
+    #[test]
+    fn missing_keys_take_the_defaults_and_lets_are_visible() {
+        let config = train("optimizer = sgd(lr=rate * 2)").unwrap();
+        assert_eq!(
+            config.optimizer,
+            Optimizer::Sgd {
+                lr: 0.1,
+                momentum: 0.0,
+                weight_decay: 0.0
+            }
+        );
+        assert_eq!(
+            (config.data, config.epochs, config.batch),
+            (DataSource::Synthetic, 10, 256)
+        );
+    }
+
+    #[test]
+    fn invalid_settings_are_rejected() {
+        assert_eq!(train("epochs = 0"), Err(Code::BadTrainSetting));
+        assert_eq!(train("seed = -1"), Err(Code::BadTrainSetting));
+        assert_eq!(train("loss = hinge"), Err(Code::BadTrainSetting));
+        assert_eq!(
+            train("optimizer = sgd(momentum=0.9)"),
+            Err(Code::MissingArgument)
+        );
+        assert_eq!(
+            train("optimizer = adam(betas=(0.9, 1.5))"),
+            Err(Code::BadTrainSetting)
+        );
+        assert_eq!(train("batch = 8; batch = 16"), Err(Code::DuplicateArgument));
+        assert_eq!(train("data = imagenet"), Err(Code::BadTrainSetting));
+    }
+}

@@ -130,14 +130,15 @@ impl Tensor {
 
     /// `[N, E]`: one row per sample (element-wise ops, dense, losses).
     pub fn rows(&self) -> Tensor {
-        self.view(vec![self.dims[0], self.numel() / self.dims[0]])
+        let per_sample = self.dims[1..].iter().product();
+        self.view(vec![self.dims[0], per_sample])
     }
 
     /// `[N, C, P]`: the channel axis between the batch and the flattened spatial positions
     /// (per-channel ops; `P = 1` for vectors).
     pub fn channels_view(&self) -> Tensor {
-        let (batch, channels) = (self.dims[0], self.dims[1]);
-        self.view(vec![batch, channels, self.numel() / batch / channels])
+        let positions = self.dims[2..].iter().product();
+        self.view(vec![self.dims[0], self.dims[1], positions])
     }
 
     pub fn numel(&self) -> usize {

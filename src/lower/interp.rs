@@ -3,13 +3,15 @@
 //!
 //! It follows the semantics of `lower::loops` literally (loops in order, expressions left to
 //! right, `Select` evaluating both arms) and checks what the JIT cannot: every buffer access is
-//! in bounds, every buffer, loop variable and local exists and is in scope. A violation is an
-//! [`InterpError`] naming the kernel and the access, never a panic. `Exp` and `Ln` use Rust's
+//! in bounds, every buffer, loop variable and local exists and is in scope, and (in
+//! [`run_checking_parallel`]) that parallel iterations never share an element one of them
+//! writes. A violation is an [`InterpError`] naming the kernel and the access, never a panic. `Exp` and `Ln` use Rust's
 //! `f32` functions, so the JIT's polynomial `exp` is compared against it with a tolerance.
 
 use std::fmt;
 
 use super::loops::{BinOp, BufId, CmpOp, Cond, Expr, Index, Kernel, Local, Stmt, UnOp, Var};
+use super::races::{Access, RaceLog};
 
 /// What went wrong while interpreting a kernel.
 #[derive(Clone, Debug, PartialEq)]
@@ -27,6 +29,14 @@ pub enum InterpError {
     UnboundVar { kernel: String, var: Var },
     /// A local not below the kernel's `locals`.
     UnknownLocal { kernel: String, local: Local },
+    /// Two iterations of a top-level parallel loop touch one element and one of them writes
+    /// it (only [`run_checking_parallel`] looks for this).
+    Race {
+        kernel: String,
+        buf: BufId,
+        index: usize,
+        iterations: (i64, i64),
+    },
 }
 
 impl fmt::Display for InterpError {
@@ -52,6 +62,17 @@ impl fmt::Display for InterpError {
                     var.0
                 )
             }
+            InterpError::Race {
+                kernel,
+                buf,
+                index,
+                iterations: (a, b),
+            } => write!(
+                f,
+                "kernel `{kernel}`: iterations {a} and {b} of the parallel loop both touch \
+                 element {index} of buffer {} and one writes it",
+                buf.0
+            ),
             InterpError::UnknownLocal { kernel, local } => write!(
                 f,
                 "kernel `{kernel}`: local l{} is beyond the kernel's locals",
@@ -67,13 +88,16 @@ impl std::error::Error for InterpError {}
 ///
 /// On error the buffers hold whatever was written before the faulty access.
 pub fn run(kernel: &Kernel, bufs: &mut [Vec<f32>]) -> Result<(), InterpError> {
-    let mut machine = Machine {
-        kernel,
-        bufs,
-        vars: vec![None; kernel.vars as usize],
-        locals: vec![0.0; kernel.locals as usize],
-    };
-    machine.block(&kernel.body)
+    Machine::new(kernel, bufs, None).block(&kernel.body)
+}
+
+/// Runs `kernel` like [`run`] and also checks the parallelism contract of `lower::loops`: no
+/// element touched by one iteration of a top-level parallel loop is written by another. With
+/// every reduction inside one iteration, this is what makes results identical for any split
+/// of the loop across threads.
+pub fn run_checking_parallel(kernel: &Kernel, bufs: &mut [Vec<f32>]) -> Result<(), InterpError> {
+    let log = RaceLog::default();
+    Machine::new(kernel, bufs, Some(log)).block(&kernel.body)
 }
 
 /// The interpreter's state: loop variables in scope (`None` outside their loop) and locals.
@@ -82,9 +106,23 @@ struct Machine<'a> {
     bufs: &'a mut [Vec<f32>],
     vars: Vec<Option<i64>>,
     locals: Vec<f32>,
+    /// Loops entered and not yet left (0 at the kernel's top level).
+    depth: usize,
+    races: Option<RaceLog>,
 }
 
-impl Machine<'_> {
+impl<'a> Machine<'a> {
+    fn new(kernel: &'a Kernel, bufs: &'a mut [Vec<f32>], races: Option<RaceLog>) -> Self {
+        Machine {
+            kernel,
+            bufs,
+            vars: vec![None; kernel.vars as usize],
+            locals: vec![0.0; kernel.locals as usize],
+            depth: 0,
+            races,
+        }
+    }
+
     fn block(&mut self, stmts: &[Stmt]) -> Result<(), InterpError> {
         stmts.iter().try_for_each(|stmt| self.stmt(stmt))
     }
@@ -96,10 +134,19 @@ impl Machine<'_> {
                 if self.vars[slot].is_some() {
                     return Err(self.unbound(l.var));
                 }
+                let tracked = l.parallel && self.depth == 0;
+                self.depth += 1;
                 for value in 0..l.extent as i64 {
                     self.vars[slot] = Some(value);
+                    if let (true, Some(log)) = (tracked, &mut self.races) {
+                        log.iteration = Some(value);
+                    }
                     self.block(&l.body)?;
                 }
+                if let (true, Some(log)) = (tracked, &mut self.races) {
+                    *log = RaceLog::default();
+                }
+                self.depth -= 1;
                 self.vars[slot] = None;
                 Ok(())
             }
@@ -111,12 +158,12 @@ impl Machine<'_> {
             }
             Stmt::Store(buf, index, e) => {
                 let value = self.expr(e)?;
-                *self.element(*buf, index)? = value;
+                *self.element(*buf, index, Access::Write)? = value;
                 Ok(())
             }
             Stmt::Accumulate(buf, index, e) => {
                 let value = self.expr(e)?;
-                *self.element(*buf, index)? += value;
+                *self.element(*buf, index, Access::Write)? += value;
                 Ok(())
             }
             Stmt::Let(local, e) => {
@@ -157,7 +204,7 @@ impl Machine<'_> {
     fn expr(&mut self, e: &Expr) -> Result<f32, InterpError> {
         Ok(match e {
             Expr::Const(c) => *c,
-            Expr::Load(buf, index) => *self.element(*buf, index)?,
+            Expr::Load(buf, index) => *self.element(*buf, index, Access::Read)?,
             Expr::Local(local) => self.locals[self.local_slot(*local)?],
             Expr::IndexValue(index) => self.index(index)? as f32,
             Expr::Unary(op, a) => {
@@ -208,7 +255,12 @@ impl Machine<'_> {
             })
     }
 
-    fn element(&mut self, buf: BufId, index: &Index) -> Result<&mut f32, InterpError> {
+    fn element(
+        &mut self,
+        buf: BufId,
+        index: &Index,
+        access: Access,
+    ) -> Result<&mut f32, InterpError> {
         let i = self.index(index)?;
         let kernel = &self.kernel.name;
         let data = self
@@ -219,15 +271,28 @@ impl Machine<'_> {
                 buf,
             })?;
         let len = data.len();
-        usize::try_from(i)
-            .ok()
-            .and_then(|i| data.get_mut(i))
-            .ok_or_else(|| InterpError::OutOfBounds {
+        let element = usize::try_from(i).ok().filter(|&e| e < len);
+        let Some(element) = element else {
+            return Err(InterpError::OutOfBounds {
                 kernel: kernel.clone(),
                 buf,
                 index: i,
                 len,
-            })
+            });
+        };
+        if let Some(iterations) = self
+            .races
+            .as_mut()
+            .and_then(|log| log.record(buf, element, access))
+        {
+            return Err(InterpError::Race {
+                kernel: kernel.clone(),
+                buf,
+                index: element,
+                iterations,
+            });
+        }
+        Ok(&mut data[element])
     }
 
     fn var_slot(&self, var: Var) -> Result<usize, InterpError> {
@@ -440,5 +505,52 @@ mod tests {
         let mut bufs = vec![vec![1., 5., f32::NAN, 3.], vec![0.; 2]];
         run(&k, &mut bufs).unwrap();
         assert_eq!(bufs[1], vec![5., 6.5]);
+    }
+
+    fn parallel_sum(into_one_element: bool) -> Kernel {
+        // y[i or 0] += x[i] over a parallel i: a race only when every iteration hits y[0].
+        let target = if into_one_element {
+            idx(&[], 0)
+        } else {
+            idx(&[(0, 1)], 0)
+        };
+        let mut k = kernel(
+            1,
+            0,
+            vec![looped(
+                0,
+                3,
+                vec![Stmt::Accumulate(
+                    BufId(1),
+                    target,
+                    Expr::Load(BufId(0), idx(&[(0, 1)], 0)),
+                )],
+            )],
+        );
+        if let Stmt::Loop(l) = &mut k.body[0] {
+            l.parallel = true;
+        }
+        k
+    }
+
+    #[test]
+    fn shared_writes_across_parallel_iterations_are_races() {
+        let mut bufs = vec![vec![1., 2., 3.], vec![0.; 3]];
+        run_checking_parallel(&parallel_sum(false), &mut bufs).unwrap();
+        assert_eq!(bufs[1], vec![1., 2., 3.]);
+        let err = run_checking_parallel(&parallel_sum(true), &mut bufs).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                InterpError::Race {
+                    index: 0,
+                    iterations: (0, 1),
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // The plain interpreter does not look.
+        run(&parallel_sum(true), &mut bufs).unwrap();
     }
 }

@@ -14,6 +14,7 @@ pub mod loss;
 pub mod norm;
 pub mod pool;
 pub mod print;
+mod races;
 pub mod step;
 
 pub use step::{plan, BufferDecl, BufferRole, Plan};

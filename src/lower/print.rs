@@ -222,4 +222,22 @@ kernel relu1.forward (vars 2, locals 0)
         assert_eq!(index_text(&index), "-v0 + 4*v1 + 3");
         assert_eq!(index_text(&Index::default()), "0");
     }
+
+    /// The whole plan of a small network, snapshotted: any change of what an op lowers to
+    /// shows up in review.
+    #[test]
+    fn plan_dump_of_a_small_network() {
+        let text = "network tiny {
+            input [1, 4, 4]
+            conv 2 kernel=3 padding=1
+            relu
+            maxpool kernel=2
+            flatten
+            dense 3
+        }";
+        let mut sources = crate::span::SourceMap::default();
+        let graphs = crate::load_str("tiny.cnn", text, &mut sources).expect("tiny.cnn is valid");
+        let plan = crate::lower::plan(&graphs[0], 2, crate::ir::Loss::CrossEntropy);
+        insta::assert_snapshot!(plan_text(&plan));
+    }
 }

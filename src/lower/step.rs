@@ -111,14 +111,14 @@ pub fn plan(graph: &Graph, batch: usize, loss: Loss) -> Plan {
             }
         }
     }
-    let output = table.grad(graph.output);
+    let output_grad = table.grad(graph.output);
     let loss_kernel = loss::forward_backward(
         loss,
         &LossTensors {
             output: &table.value(graph.output),
             truth: &table.truth,
             loss: &table.loss,
-            dy: output.as_ref(),
+            dy: output_grad.as_ref(),
         },
     );
     let loss = push(loss_kernel);
@@ -127,7 +127,7 @@ pub fn plan(graph: &Graph, batch: usize, loss: Loss) -> Plan {
     for id in graph.node_ids() {
         let node = graph.node(id);
         let Some(grad) = table.grad(id) else { continue };
-        if !aliases_input(&node.op) && Some(grad.buf) != output.as_ref().map(|o| o.buf) {
+        if !aliases_input(&node.op) && Some(grad.buf) != output_grad.as_ref().map(|o| o.buf) {
             backward.push(push(zero(&format!("{}.zero_grad", node.name), &grad)));
         }
     }

@@ -82,84 +82,15 @@ pub fn initialize(graph: &Graph, init: Init, seed: u64) -> Vec<Vec<f32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ir::{BatchNorm, Conv, Dense, Node, NodeId, ParamId, Shape};
-    use crate::span::Span;
+    use crate::span::SourceMap;
 
-    fn node(op: Op, shape: Vec<usize>, name: &str) -> Node {
-        Node {
-            op,
-            inputs: vec![],
-            shape: Shape(shape),
-            span: Span::default(),
-            name: name.into(),
-        }
-    }
-
-    fn param(name: &str, shape: Vec<usize>, kind: ParamKind, node: u32) -> Param {
-        Param {
-            name: name.into(),
-            shape,
-            kind,
-            node: NodeId(node),
-        }
-    }
-
-    /// input [4, 5, 5] → conv 6 kernel=3 groups=2 → batchnorm → flatten → dense 10.
+    /// conv 6 kernel=3 groups=2 → batchnorm → flatten → dense 10, built by the front end.
     fn graph() -> Graph {
-        let conv = Conv {
-            in_channels: 4,
-            out_channels: 6,
-            kernel: vec![3, 3],
-            stride: vec![1, 1],
-            padding: vec![(0, 0); 2],
-            dilation: vec![1, 1],
-            groups: 2,
-            weight: ParamId(0),
-            bias: Some(ParamId(1)),
-        };
-        let bn = BatchNorm {
-            channels: 6,
-            eps: 1e-5,
-            momentum: 0.1,
-            weight: ParamId(2),
-            bias: ParamId(3),
-            running_mean: ParamId(4),
-            running_var: ParamId(5),
-        };
-        let dense = Dense {
-            in_features: 54,
-            units: 10,
-            weight: ParamId(6),
-            bias: Some(ParamId(7)),
-        };
-        Graph {
-            name: "t".into(),
-            nodes: vec![
-                node(Op::Input, vec![4, 5, 5], "input"),
-                node(Op::Conv(conv), vec![6, 3, 3], "conv1"),
-                node(Op::BatchNorm(bn), vec![6, 3, 3], "batchnorm1"),
-                node(Op::Flatten, vec![54], "flatten1"),
-                node(Op::Dense(dense), vec![10], "dense1"),
-            ],
-            params: vec![
-                param("conv1.weight", vec![6, 2, 3, 3], ParamKind::Weight, 1),
-                param("conv1.bias", vec![6], ParamKind::Bias, 1),
-                param("batchnorm1.weight", vec![6], ParamKind::Weight, 2),
-                param("batchnorm1.bias", vec![6], ParamKind::Bias, 2),
-                param(
-                    "batchnorm1.running_mean",
-                    vec![6],
-                    ParamKind::RunningMean,
-                    2,
-                ),
-                param("batchnorm1.running_var", vec![6], ParamKind::RunningVar, 2),
-                param("dense1.weight", vec![10, 54], ParamKind::Weight, 4),
-                param("dense1.bias", vec![10], ParamKind::Bias, 4),
-            ],
-            output: NodeId(4),
-            train: None,
-            span: Span::default(),
-        }
+        let text =
+            "network t { input [4, 5, 5]; conv 6 kernel=3 groups=2; batchnorm; flatten; dense 10 }";
+        let mut graphs =
+            crate::load_str("t.cnn", text, &mut SourceMap::default()).expect("valid network");
+        graphs.remove(0)
     }
 
     fn max_abs(values: &[f32]) -> f32 {
@@ -174,7 +105,22 @@ mod tests {
 
     #[test]
     fn pytorch_default_bounds_and_batchnorm_constants() {
-        let values = initialize(&graph(), Init::PyTorch, 0);
+        let g = graph();
+        let names: Vec<&str> = g.params.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "conv1.weight",
+                "conv1.bias",
+                "batchnorm1.weight",
+                "batchnorm1.bias",
+                "batchnorm1.running_mean",
+                "batchnorm1.running_var",
+                "dense1.weight",
+                "dense1.bias"
+            ]
+        );
+        let values = initialize(&g, Init::PyTorch, 0);
         let conv_bound = 1.0 / 18f32.sqrt();
         let dense_bound = 1.0 / 54f32.sqrt();
         for (index, bound) in [

@@ -170,7 +170,9 @@ impl Walker {
 
     fn item(&self, pair: Pair<Rule>) -> Item {
         let rule = pair.as_rule();
-        let mut inner = pair.into_inner().filter(|p| !is_keyword(p.as_rule()));
+        let mut inner = pair
+            .into_inner()
+            .filter(|p| !carries_no_content(p.as_rule()));
         match rule {
             Rule::use_item => {
                 let string = inner.next().expect("grammar: use has a string");
@@ -206,7 +208,7 @@ impl Walker {
 
     fn body(&self, pair: Pair<Rule>) -> Vec<Stmt> {
         pair.into_inner()
-            .filter(|p| !is_keyword(p.as_rule()))
+            .filter(|p| !carries_no_content(p.as_rule()))
             .map(|s| self.stmt(s))
             .collect()
     }
@@ -230,7 +232,9 @@ impl Walker {
 
     fn stmt_kind(&self, pair: Pair<Rule>) -> StmtKind {
         let rule = pair.as_rule();
-        let mut inner = pair.into_inner().filter(|p| !is_keyword(p.as_rule()));
+        let mut inner = pair
+            .into_inner()
+            .filter(|p| !carries_no_content(p.as_rule()));
         let mut next = || inner.next().expect("grammar: statement parts");
         match rule {
             Rule::let_stmt => StmtKind::Let {
@@ -409,7 +413,7 @@ impl Walker {
 }
 
 /// Pairs that carry no content: keywords, separators, closing braces.
-fn is_keyword(rule: Rule) -> bool {
+fn carries_no_content(rule: Rule) -> bool {
     matches!(
         rule,
         Rule::sep

@@ -415,26 +415,11 @@ mod tests {
             .is_err());
     }
 
-    /// A graph with only what `load` reads: the input shape and the output shape.
-    fn graph(input: Vec<usize>, output: Vec<usize>) -> Graph {
-        let node = |op, shape, name: &str| crate::ir::Node {
-            op,
-            inputs: vec![],
-            shape: Shape(shape),
-            span: crate::span::Span::default(),
-            name: name.into(),
-        };
-        Graph {
-            name: "t".into(),
-            nodes: vec![
-                node(crate::ir::Op::Input, input, "input"),
-                node(crate::ir::Op::Identity, output, "out"),
-            ],
-            params: vec![],
-            output: crate::ir::NodeId(1),
-            train: None,
-            span: crate::span::Span::default(),
-        }
+    /// A network from `.cnn` text, built by the front end.
+    fn graph(text: &str) -> Graph {
+        let mut sources = crate::span::SourceMap::default();
+        let mut graphs = crate::load_str("t.cnn", text, &mut sources).expect("valid network");
+        graphs.remove(0)
     }
 
     #[test]
@@ -444,7 +429,7 @@ mod tests {
         let splits = load(
             &source,
             &root.join("tests"),
-            &graph(vec![1, 32, 32], vec![10]),
+            &graph("network t { input [1, 32, 32]; flatten; dense 10 }"),
             Loss::CrossEntropy,
             0,
         )
@@ -456,7 +441,7 @@ mod tests {
         let err = load(
             &source,
             &root.join("tests"),
-            &graph(vec![1, 28, 28], vec![5]),
+            &graph("network t { input [1, 28, 28]; flatten; dense 5 }"),
             Loss::CrossEntropy,
             0,
         )
@@ -470,13 +455,21 @@ mod tests {
     #[test]
     fn load_edge_npz_and_synthetic_for_mse() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let edge = graph(vec![1, 6, 8], vec![1, 6, 7]);
+        let mut sources = crate::span::SourceMap::default();
+        let edge = crate::load_file(&root.join("models/edge.cnn"), &mut sources)
+            .expect("models/edge.cnn")
+            .remove(0);
+        let train = edge.train.clone().expect("edge.cnn has a train section");
+        assert_eq!(
+            (&train.data, train.loss),
+            (&DataSource::Path("edge.npz".into()), Loss::Mse)
+        );
         let splits = load(
-            &DataSource::Path("edge.npz".into()),
+            &train.data,
             &root.join("models"),
             &edge,
-            Loss::Mse,
-            0,
+            train.loss,
+            train.seed,
         )
         .expect("edge");
         assert_eq!(splits.train.len(), 1);

@@ -42,6 +42,11 @@ pub fn fit_to_input(
     if data.sample_shape[1..] == *input.spatial() {
         return Ok(data);
     }
+    if data.sample_shape.contains(&0) {
+        return Err(mismatch(format!(
+            "empty samples of shape {found} cannot be resized to {input}"
+        )));
+    }
     let (&[in_h, in_w], &[out_h, out_w]) = (&data.sample_shape[1..], input.spatial()) else {
         return Err(mismatch(format!(
             "samples of shape {found} for a network whose input is {input} (only 2-D images are resized)"
@@ -194,5 +199,8 @@ mod tests {
         )
         .expect_err("rank");
         assert!(matches!(err, DataError::Mismatch { .. }));
+        let empty = data(vec![1, 0, 2], vec![]);
+        let err = fit_to_input(empty, &Shape(vec![1, 4, 4]), "x", &mut notes).expect_err("empty");
+        assert!(err.to_string().contains("empty samples"), "{err}");
     }
 }

@@ -13,14 +13,15 @@
 //! Writes are atomic: the file is written to `<file>.tmp` in the same folder, flushed to disk,
 //! then renamed over the target, so an interruption leaves the previous checkpoint intact.
 
+mod file;
+
 use crate::diag::did_you_mean;
-use crate::ir::Graph;
+use crate::ir::{Graph, Param};
 use crate::runtime::optim::OptimizerState;
-use safetensors::tensor::{Dtype, SafeTensors, View};
-use std::borrow::Cow;
+use file::{save_tensors, F32};
+use safetensors::tensor::{Dtype, SafeTensors};
 use std::collections::HashMap;
 use std::fmt;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 const OPTIMIZER_PREFIX: &str = "optimizer:";
@@ -81,8 +82,9 @@ pub enum CheckpointError {
         tensor: String,
         found: String,
     },
-    /// Metadata that does not parse, or optimiser tensors without their metadata.
-    BadMetadata {
+    /// Metadata that does not parse, optimiser tensors without their metadata, or a number of
+    /// tensors handed to `save` that is not the network's number of parameters.
+    Inconsistent {
         path: PathBuf,
         reason: String,
     },
@@ -135,79 +137,49 @@ impl fmt::Display for CheckpointError {
                     path.display()
                 )
             }
-            BadMetadata { path, reason } => write!(f, "{}: {reason}", path.display()),
+            Inconsistent { path, reason } => write!(f, "{}: {reason}", path.display()),
         }
     }
 }
 
 impl std::error::Error for CheckpointError {}
 
-/// An f32 tensor borrowed for serialisation.
-struct F32<'a> {
-    shape: Vec<usize>,
-    values: &'a [f32],
-}
-
-impl View for F32<'_> {
-    fn dtype(&self) -> Dtype {
-        Dtype::F32
-    }
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    fn data(&self) -> Cow<'_, [u8]> {
-        Cow::Owned(self.values.iter().flat_map(|v| v.to_le_bytes()).collect())
-    }
-    fn data_len(&self) -> usize {
-        self.values.len() * 4
-    }
-}
-
-/// Writes `bytes` to `<path>.tmp`, syncs it, and renames it over `path`.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(".tmp");
-    let tmp = path.with_file_name(tmp_name);
-    let write = || -> std::io::Result<()> {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    if let Err(source) = write() {
-        // Best effort: the temporary file is garbage now; the error that matters is `source`.
-        let _ = std::fs::remove_file(&tmp);
-        return Err(CheckpointError::Io {
+/// Pairs `values` (one slice per entry of `Graph::params`) with the parameters' names, keeping
+/// those `keep` accepts; a slice of the wrong length is refused rather than written.
+fn named<'a>(
+    path: &Path,
+    graph: &Graph,
+    values: &[&'a [f32]],
+    keep: impl Fn(&Param) -> bool,
+) -> Result<Vec<(String, F32<'a>)>, CheckpointError> {
+    if values.len() != graph.params.len() {
+        return Err(CheckpointError::Inconsistent {
             path: path.to_path_buf(),
-            source,
+            reason: format!(
+                "{} tensors given for the network's {} parameters",
+                values.len(),
+                graph.params.len()
+            ),
         });
     }
-    // Make the rename itself durable. Some file systems cannot sync a directory; the data is
-    // already safe in the file, so that failure is not worth reporting.
-    let folder = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    if let Ok(dir) = std::fs::File::open(folder) {
-        let _ = dir.sync_all();
-    }
-    Ok(())
-}
-
-/// Serialises named tensors (and metadata) to `path`, atomically.
-fn save_tensors(
-    path: &Path,
-    tensors: Vec<(String, F32<'_>)>,
-    metadata: HashMap<String, String>,
-) -> Result<(), CheckpointError> {
-    let metadata = (!metadata.is_empty()).then_some(metadata);
-    let bytes = safetensors::tensor::serialize(tensors, metadata).map_err(|e| {
-        CheckpointError::Corrupt {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        }
-    })?;
-    write_atomically(path, &bytes)
+    graph
+        .params
+        .iter()
+        .zip(values)
+        .filter(|(p, _)| keep(p))
+        .map(|(p, &values)| {
+            if values.len() != p.numel() {
+                return Err(CheckpointError::WrongShape {
+                    path: path.to_path_buf(),
+                    tensor: p.name.clone(),
+                    expected: p.shape.clone(),
+                    found: vec![values.len()],
+                });
+            }
+            let shape = p.shape.clone();
+            Ok((p.name.clone(), F32 { shape, values }))
+        })
+        .collect()
 }
 
 /// Saves the parameters (`Graph::params` order) and, for training, the optimiser state and
@@ -219,20 +191,7 @@ pub fn save(
     optimizer: Option<&OptimizerState>,
     progress: Option<&Progress>,
 ) -> Result<(), CheckpointError> {
-    let mut tensors: Vec<(String, F32)> = graph
-        .params
-        .iter()
-        .zip(params)
-        .map(|(p, &values)| {
-            (
-                p.name.clone(),
-                F32 {
-                    shape: p.shape.clone(),
-                    values,
-                },
-            )
-        })
-        .collect();
+    let mut tensors = named(path, graph, params, |_| true)?;
     let mut metadata = HashMap::new();
     fn add_state<'a>(graph: &Graph, kind: &str, i: usize, values: &'a [f32]) -> (String, F32<'a>) {
         let name = format!("{OPTIMIZER_PREFIX}{kind}:{}", graph.params[i].name);
@@ -277,21 +236,7 @@ pub fn save(
 /// Saves the gradients of the trainable parameters (`grads` in `Graph::params` order; entries
 /// of buffers are ignored) under the parameters' names: the output of `cnnc grad`.
 pub fn save_gradients(path: &Path, graph: &Graph, grads: &[&[f32]]) -> Result<(), CheckpointError> {
-    let tensors = graph
-        .params
-        .iter()
-        .zip(grads)
-        .filter(|(p, _)| p.kind.trainable())
-        .map(|(p, &values)| {
-            (
-                p.name.clone(),
-                F32 {
-                    shape: p.shape.clone(),
-                    values,
-                },
-            )
-        })
-        .collect();
+    let tensors = named(path, graph, grads, |p| p.kind.trainable())?;
     save_tensors(path, tensors, HashMap::new())
 }
 
@@ -367,7 +312,7 @@ pub fn load(path: &Path, graph: &Graph) -> Result<Checkpoint, CheckpointError> {
         metadata
             .get(key)
             .map(|v| {
-                v.parse::<u64>().map_err(|_| CheckpointError::BadMetadata {
+                v.parse::<u64>().map_err(|_| CheckpointError::Inconsistent {
                     path: path_buf(),
                     reason: format!("metadata `{key}` = {v:?} is not a whole number"),
                 })
@@ -378,7 +323,7 @@ pub fn load(path: &Path, graph: &Graph) -> Result<Checkpoint, CheckpointError> {
         |kind: &str, i: usize| format!("{OPTIMIZER_PREFIX}{kind}:{}", graph.params[i].name);
     let optimizer = match metadata.get(KEY_OPTIMIZER).map(String::as_str) {
         None if file.names().iter().any(|n| n.starts_with(OPTIMIZER_PREFIX)) => {
-            return Err(CheckpointError::BadMetadata {
+            return Err(CheckpointError::Inconsistent {
                 path: path_buf(),
                 reason: format!("optimiser tensors without the `{KEY_OPTIMIZER}` metadata"),
             })
@@ -418,7 +363,7 @@ pub fn load(path: &Path, graph: &Graph) -> Result<Checkpoint, CheckpointError> {
                 });
             }
             Some(OptimizerState::Adam {
-                step: number(KEY_ADAM_STEP)?.ok_or_else(|| CheckpointError::BadMetadata {
+                step: number(KEY_ADAM_STEP)?.ok_or_else(|| CheckpointError::Inconsistent {
                     path: path_buf(),
                     reason: format!("Adam state without `{KEY_ADAM_STEP}`"),
                 })?,
@@ -427,7 +372,7 @@ pub fn load(path: &Path, graph: &Graph) -> Result<Checkpoint, CheckpointError> {
             })
         }
         Some(other) => {
-            return Err(CheckpointError::BadMetadata {
+            return Err(CheckpointError::Inconsistent {
                 path: path_buf(),
                 reason: format!("unknown optimiser {other:?} in `{KEY_OPTIMIZER}`"),
             })
@@ -455,69 +400,15 @@ pub fn load(path: &Path, graph: &Graph) -> Result<Checkpoint, CheckpointError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ir::{self, BatchNorm, Dense, Node, NodeId, Op, Param, ParamId, ParamKind, Shape};
-    use crate::span::Span;
+    use crate::ir;
+    use crate::span::SourceMap;
 
-    fn node(op: Op, shape: Vec<usize>, name: &str) -> Node {
-        Node {
-            op,
-            inputs: vec![],
-            shape: Shape(shape),
-            span: Span::default(),
-            name: name.into(),
-        }
-    }
-
-    fn param(name: &str, shape: Vec<usize>, kind: ParamKind, node: u32) -> Param {
-        Param {
-            name: name.into(),
-            shape,
-            kind,
-            node: NodeId(node),
-        }
-    }
-
-    /// input [3] → dense 2 → batchnorm.
+    /// input [3] → dense 2 → batchnorm, built by the front end.
     fn graph() -> Graph {
-        let dense = Dense {
-            in_features: 3,
-            units: 2,
-            weight: ParamId(0),
-            bias: Some(ParamId(1)),
-        };
-        let bn = BatchNorm {
-            channels: 2,
-            eps: 1e-5,
-            momentum: 0.1,
-            weight: ParamId(2),
-            bias: ParamId(3),
-            running_mean: ParamId(4),
-            running_var: ParamId(5),
-        };
-        Graph {
-            name: "t".into(),
-            nodes: vec![
-                node(Op::Input, vec![3], "input"),
-                node(Op::Dense(dense), vec![2], "dense1"),
-                node(Op::BatchNorm(bn), vec![2], "batchnorm1"),
-            ],
-            params: vec![
-                param("dense1.weight", vec![2, 3], ParamKind::Weight, 1),
-                param("dense1.bias", vec![2], ParamKind::Bias, 1),
-                param("batchnorm1.weight", vec![2], ParamKind::Weight, 2),
-                param("batchnorm1.bias", vec![2], ParamKind::Bias, 2),
-                param(
-                    "batchnorm1.running_mean",
-                    vec![2],
-                    ParamKind::RunningMean,
-                    2,
-                ),
-                param("batchnorm1.running_var", vec![2], ParamKind::RunningVar, 2),
-            ],
-            output: NodeId(2),
-            train: None,
-            span: Span::default(),
-        }
+        let text = "network t { input [3]; dense 2; batchnorm }";
+        let mut graphs =
+            crate::load_str("t.cnn", text, &mut SourceMap::default()).expect("valid network");
+        graphs.remove(0)
     }
 
     fn values() -> Vec<Vec<f32>> {
@@ -739,6 +630,21 @@ mod tests {
         save(&path, &graph(), &slices(&zeros), None, None).expect("save over");
         assert_ne!(std::fs::read(&path).expect("read"), before);
         assert_eq!(load(&path, &graph()).expect("load").params, zeros);
+    }
+
+    #[test]
+    fn slices_of_the_wrong_length_are_refused_not_written() {
+        let path = temp("short.safetensors");
+        let mut short = values();
+        short[0].pop();
+        let err = save(&path, &graph(), &slices(&short), None, None).expect_err("5 of 6");
+        assert!(
+            matches!(&err, CheckpointError::WrongShape { tensor, .. } if tensor == "dense1.weight"),
+            "{err}"
+        );
+        let err = save_gradients(&path, &graph(), &slices(&values()[..2])).expect_err("2 of 6");
+        assert!(matches!(err, CheckpointError::Inconsistent { .. }));
+        assert!(!path.exists());
     }
 
     #[test]

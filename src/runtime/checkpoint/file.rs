@@ -1,0 +1,111 @@
+//! The file layer of checkpoints: f32 tensors serialised with safetensors, written atomically.
+
+use super::CheckpointError;
+use safetensors::tensor::{Dtype, View};
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+
+/// An f32 tensor borrowed for serialisation.
+pub(super) struct F32<'a> {
+    pub shape: Vec<usize>,
+    pub values: &'a [f32],
+}
+
+impl View for F32<'_> {
+    fn dtype(&self) -> Dtype {
+        Dtype::F32
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Owned(self.values.iter().flat_map(|v| v.to_le_bytes()).collect())
+    }
+    fn data_len(&self) -> usize {
+        self.values.len() * 4
+    }
+}
+
+/// Writes `bytes` to `<path>.tmp`, syncs it, and renames it over `path`.
+pub(super) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
+    let write = || -> std::io::Result<()> {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    if let Err(source) = write() {
+        // Best effort: the temporary file is garbage now; the error that matters is `source`.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(CheckpointError::Io {
+            path: path.to_path_buf(),
+            source,
+        });
+    }
+    // Make the rename itself durable. Some file systems cannot sync a directory; the data is
+    // already safe in the file, so that failure is not worth reporting.
+    let folder = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if let Ok(dir) = std::fs::File::open(folder) {
+        let _ = dir.sync_all();
+    }
+    Ok(())
+}
+
+/// Serialises named tensors (and metadata) to `path`, atomically.
+pub(super) fn save_tensors(
+    path: &Path,
+    tensors: Vec<(String, F32<'_>)>,
+    metadata: HashMap<String, String>,
+) -> Result<(), CheckpointError> {
+    let metadata = (!metadata.is_empty()).then_some(metadata);
+    let bytes = safetensors::tensor::serialize(tensors, metadata).map_err(|e| {
+        CheckpointError::Corrupt {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        }
+    })?;
+    write_atomically(path, &bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("cnnc-atomic-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        dir.join(name)
+    }
+
+    fn tmp_of(path: &Path) -> std::path::PathBuf {
+        let mut tmp = path.as_os_str().to_os_string();
+        tmp.push(".tmp");
+        tmp.into()
+    }
+
+    #[test]
+    fn replaces_the_target_and_leaves_no_temporary_file() {
+        let path = temp("w.bin");
+        std::fs::write(tmp_of(&path), b"stale, from an interrupted save").expect("write");
+        write_atomically(&path, b"first").expect("write");
+        write_atomically(&path, b"second").expect("write");
+        assert_eq!(std::fs::read(&path).expect("read"), b"second");
+        assert!(!tmp_of(&path).exists());
+    }
+
+    #[test]
+    fn a_failed_write_names_the_target_and_leaves_nothing() {
+        let path = temp("no-such-folder").join("w.bin");
+        let err = write_atomically(&path, b"x").expect_err("missing folder");
+        assert!(err.to_string().contains("no-such-folder"), "{err}");
+        assert!(!path.exists() && !tmp_of(&path).exists());
+    }
+}

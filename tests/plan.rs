@@ -1,0 +1,459 @@
+//! Whole plans (`lower::plan`) against `reference::forward` and `reference::backward`: hand-built
+//! graphs that reach every op and every buffer-sharing case, and the golden networks of
+//! `tests/golden/` and `models/lenet.cnn` through the front end. For each: the inference output,
+//! then a training step (forward, loss, backward): output, mean loss, every parameter gradient
+//! and the updated running statistics, through the checking interpreter and the JIT on 3
+//! threads, and the JIT's buffers bitwise equal on 1 thread. Tolerance `1e-4 + 1e-3·|b|`.
+
+mod support;
+
+use std::path::Path;
+
+use cnnc::ir::{
+    Activation, BatchNorm, Conv, Dense, Graph, Loss, Node, NodeId, Op, Param, ParamId, ParamKind,
+    Pool, PoolKind, Shape,
+};
+use cnnc::lower::loops::{BufId, Kernel};
+use cnnc::lower::{plan, BufferRole, Plan};
+use cnnc::reference::{self, Mode};
+use cnnc::span::{SourceMap, Span};
+use ndarray::{ArrayD, IxDyn};
+use support::{Rng, Twin, ATOL, GRAPH_RTOL};
+
+/// `[batch, *shape]`
+fn batched(batch: usize, shape: &[usize]) -> Vec<usize> {
+    [&[batch][..], shape].concat()
+}
+
+/// Builds graphs by hand (the test states every shape; the reference checks them).
+struct GraphBuilder {
+    graph: Graph,
+}
+
+impl GraphBuilder {
+    fn new(input: &[usize]) -> GraphBuilder {
+        let mut b = GraphBuilder {
+            graph: Graph {
+                name: "test".into(),
+                nodes: Vec::new(),
+                params: Vec::new(),
+                output: NodeId(0),
+                train: None,
+                span: Span::default(),
+            },
+        };
+        b.node("input", Op::Input, &[], input);
+        b
+    }
+
+    fn node(&mut self, name: &str, op: Op, inputs: &[NodeId], shape: &[usize]) -> NodeId {
+        self.graph.nodes.push(Node {
+            op,
+            inputs: inputs.to_vec(),
+            shape: Shape(shape.to_vec()),
+            span: Span::default(),
+            name: name.into(),
+        });
+        self.graph.output = NodeId(self.graph.nodes.len() as u32 - 1);
+        self.graph.output
+    }
+
+    fn param(&mut self, node: &str, kind: ParamKind, shape: &[usize]) -> ParamId {
+        self.graph.params.push(Param {
+            name: format!("{node}.{}", kind.suffix()),
+            shape: shape.to_vec(),
+            kind,
+            node: NodeId(self.graph.nodes.len() as u32),
+        });
+        ParamId(self.graph.params.len() as u32 - 1)
+    }
+
+    /// A 2-D convolution with bias, `kernel`×`kernel`, symmetric `padding`, stride 1.
+    #[allow(clippy::too_many_arguments)]
+    fn conv(
+        &mut self,
+        name: &str,
+        input: NodeId,
+        channels: (usize, usize),
+        kernel: usize,
+        padding: usize,
+        groups: usize,
+        shape: &[usize],
+    ) -> NodeId {
+        let (cin, cout) = channels;
+        let weight = self.param(
+            name,
+            ParamKind::Weight,
+            &[cout, cin / groups, kernel, kernel],
+        );
+        let bias = Some(self.param(name, ParamKind::Bias, &[cout]));
+        let conv = Conv {
+            in_channels: cin,
+            out_channels: cout,
+            kernel: vec![kernel; 2],
+            stride: vec![1; 2],
+            padding: vec![(padding, padding); 2],
+            dilation: vec![1; 2],
+            groups,
+            weight,
+            bias,
+        };
+        self.node(name, Op::Conv(conv), &[input], shape)
+    }
+
+    fn batchnorm(&mut self, name: &str, input: NodeId, shape: &[usize]) -> NodeId {
+        let c = [shape[0]];
+        let bn = BatchNorm {
+            channels: shape[0],
+            eps: 1e-5,
+            momentum: 0.1,
+            weight: self.param(name, ParamKind::Weight, &c),
+            bias: self.param(name, ParamKind::Bias, &c),
+            running_mean: self.param(name, ParamKind::RunningMean, &c),
+            running_var: self.param(name, ParamKind::RunningVar, &c),
+        };
+        self.node(name, Op::BatchNorm(bn), &[input], shape)
+    }
+
+    fn dense(&mut self, name: &str, input: NodeId, in_features: usize, units: usize) -> NodeId {
+        let dense = Dense {
+            in_features,
+            units,
+            weight: self.param(name, ParamKind::Weight, &[units, in_features]),
+            bias: Some(self.param(name, ParamKind::Bias, &[units])),
+        };
+        self.node(name, Op::Dense(dense), &[input], &[units])
+    }
+}
+
+/// input [2, 4, 4] → conv → batchnorm → tanh, concatenated with a max pool of the input; that
+/// concat is added to a grouped 1×1 conv of itself (one value, two consumers, one through an
+/// identity), average pooling, dropout, flatten, dense 3.
+fn branching_graph() -> Graph {
+    let mut b = GraphBuilder::new(&[2, 4, 4]);
+    let c1 = b.conv("conv1", NodeId(0), (2, 3), 3, 1, 1, &[3, 4, 4]);
+    let bn = b.batchnorm("batchnorm1", c1, &[3, 4, 4]);
+    let t = b.node("tanh1", Op::Activation(Activation::Tanh), &[bn], &[3, 4, 4]);
+    let max = Pool {
+        kind: PoolKind::Max,
+        kernel: vec![3; 2],
+        stride: vec![1; 2],
+        padding: vec![1; 2],
+    };
+    let mp = b.node("maxpool1", Op::Pool(max), &[NodeId(0)], &[2, 4, 4]);
+    let cat = b.node("concat1", Op::Concat, &[t, mp], &[5, 4, 4]);
+    let c2 = b.conv("conv2", cat, (5, 5), 1, 0, 5, &[5, 4, 4]);
+    let same = b.node("identity1", Op::Identity, &[cat], &[5, 4, 4]);
+    let sum = b.node("add1", Op::Add, &[same, c2], &[5, 4, 4]);
+    let avg = Pool {
+        kind: PoolKind::Avg,
+        kernel: vec![2; 2],
+        stride: vec![2; 2],
+        padding: vec![0; 2],
+    };
+    let ap = b.node("avgpool1", Op::Pool(avg), &[sum], &[5, 2, 2]);
+    let drop = b.node("dropout1", Op::Dropout { p: 0.5 }, &[ap], &[5, 2, 2]);
+    let flat = b.node("flatten1", Op::Flatten, &[drop], &[20]);
+    b.dense("dense1", flat, 20, 3);
+    b.graph
+}
+
+/// input [2, 7] (1-D) → conv with dilation → sigmoid → global average pool → relu → softmax
+/// → identity (the output shares its buffers with the softmax).
+fn one_dimensional_graph() -> Graph {
+    let mut b = GraphBuilder::new(&[2, 7]);
+    let weight = b.param("conv1", ParamKind::Weight, &[3, 2, 2]);
+    let conv = Conv {
+        in_channels: 2,
+        out_channels: 3,
+        kernel: vec![2],
+        stride: vec![1],
+        padding: vec![(1, 1)],
+        dilation: vec![2],
+        groups: 1,
+        weight,
+        bias: None,
+    };
+    let c = b.node("conv1", Op::Conv(conv), &[NodeId(0)], &[3, 7]);
+    let s = b.node(
+        "sigmoid1",
+        Op::Activation(Activation::Sigmoid),
+        &[c],
+        &[3, 7],
+    );
+    let g = b.node("global_avgpool1", Op::GlobalAvgPool, &[s], &[3]);
+    let r = b.node("relu1", Op::Activation(Activation::Relu), &[g], &[3]);
+    let s = b.node("softmax1", Op::Activation(Activation::Softmax), &[r], &[3]);
+    b.node("identity1", Op::Identity, &[s], &[3]);
+    b.graph
+}
+
+/// A plan's buffer table run by both engines (`support::Twin`), with tensors by role.
+struct PlanRun<'a> {
+    plan: &'a Plan,
+    twin: Twin,
+    /// What `set` put in each buffer before any kernel ran.
+    initial: Vec<Vec<f32>>,
+}
+
+impl<'a> PlanRun<'a> {
+    fn new(plan: &'a Plan, threads: usize) -> PlanRun<'a> {
+        let lens: Vec<usize> = plan.buffers.iter().map(|b| b.len).collect();
+        PlanRun {
+            plan,
+            twin: Twin::new(&lens, threads),
+            initial: lens.iter().map(|&len| vec![0.0; len]).collect(),
+        }
+    }
+
+    fn buffer(&self, role: BufferRole) -> BufId {
+        self.plan
+            .buffer(role)
+            .unwrap_or_else(|| panic!("no buffer for {role:?}"))
+    }
+
+    /// Fills a buffer the runtime fills, remembering it for [`assert_thread_count_does_not_matter`].
+    fn set(&mut self, role: BufferRole, a: &ArrayD<f32>) {
+        let data: Vec<f32> = a.as_standard_layout().iter().copied().collect();
+        let buf = self.buffer(role);
+        self.twin.set(buf, &data);
+        self.initial[buf.0 as usize] = data;
+    }
+
+    fn check(&self, role: BufferRole, expected: &ArrayD<f32>, what: &str) {
+        self.twin
+            .check(self.buffer(role), expected, GRAPH_RTOL, what);
+    }
+
+    fn run(&mut self, schedule: &[usize]) {
+        let kernels: Vec<&Kernel> = schedule.iter().map(|&k| &self.plan.kernels[k]).collect();
+        self.twin.run(&kernels);
+    }
+}
+
+/// Trainable parameters in [−1, 1), running mean in [−0.5, 0.5), variance in [0.5, 1.5).
+fn init(graph: &Graph, rng: &mut Rng) -> Vec<ArrayD<f32>> {
+    graph
+        .params
+        .iter()
+        .map(|p| match p.kind {
+            ParamKind::Weight | ParamKind::Bias => rng.tensor(&p.shape, -1., 1.),
+            ParamKind::RunningMean => rng.tensor(&p.shape, -0.5, 0.5),
+            ParamKind::RunningVar => rng.tensor(&p.shape, 0.5, 1.5),
+        })
+        .collect()
+}
+
+/// Inference, then a training step (forward, loss, backward) of `graph`'s plan, checked
+/// against the reference: outputs, the mean loss, every parameter gradient and the updated
+/// running statistics.
+fn check_plan(graph: &Graph, batch: usize, kind: Loss, seed: u64) {
+    let mut rng = Rng(seed);
+    let plan = plan(graph, batch, kind);
+    let params = init(graph, &mut rng);
+    let x = rng.distinct(&batched(batch, &graph.input().shape.0));
+    let masks: Vec<Option<ArrayD<f32>>> = graph
+        .nodes
+        .iter()
+        .map(|node| match node.op {
+            Op::Dropout { p } => Some(ArrayD::from_shape_fn(
+                IxDyn(&batched(batch, &node.shape.0)),
+                |_| {
+                    if rng.uniform(0., 1.) < p {
+                        0.
+                    } else {
+                        1. / (1. - p)
+                    }
+                },
+            )),
+            _ => None,
+        })
+        .collect();
+    let output_shape = batched(batch, &graph.output_shape().0);
+    let classes = output_shape[1..].iter().product();
+    let labels: Vec<usize> = (0..batch).map(|_| rng.below(classes)).collect();
+    let target = rng.tensor(&output_shape, 0., 1.);
+
+    let mut run = PlanRun::new(&plan, 3);
+    run.set(BufferRole::Input, &x);
+    for (i, p) in params.iter().enumerate() {
+        run.set(BufferRole::Param(ParamId(i as u32)), p);
+    }
+    for (i, mask) in masks.iter().enumerate() {
+        if let Some(mask) = mask {
+            run.set(BufferRole::Mask(NodeId(i as u32)), mask);
+        }
+    }
+    match kind {
+        Loss::CrossEntropy => {
+            let values = labels.iter().map(|&l| l as f32).collect();
+            let labels = ArrayD::from_shape_vec(IxDyn(&[batch]), values).expect("one per sample");
+            run.set(BufferRole::Labels, &labels);
+        }
+        Loss::Mse => run.set(BufferRole::Target, &target),
+    }
+    let output = BufferRole::Value(graph.output);
+
+    let mut untouched = params.clone();
+    let inferred = reference::forward(graph, &mut untouched, &x, Mode::Infer, &masks);
+    run.run(&plan.infer);
+    run.check(
+        output,
+        &inferred[graph.output.0 as usize],
+        "inference output",
+    );
+
+    let mut updated = params.clone();
+    let values = reference::forward(graph, &mut updated, &x, Mode::Train, &masks);
+    let y = &values[graph.output.0 as usize];
+    let (loss, grad_output) = match kind {
+        Loss::CrossEntropy => reference::loss::cross_entropy(y, &labels),
+        Loss::Mse => reference::loss::mse(y, &target),
+    };
+    let grads = reference::backward(graph, &params, &values, &masks, grad_output);
+    run.run(&plan.train_forward);
+    run.run(&[plan.loss]);
+    run.run(&plan.backward);
+    run.check(output, y, "training output");
+    // The plan keeps per-sample losses; their mean is the loss.
+    for losses in run.twin.get(run.buffer(BufferRole::Loss), &[batch]) {
+        let mean = losses.mean().expect("batch is not empty");
+        assert!(
+            (mean - loss).abs() <= ATOL + GRAPH_RTOL * loss.abs(),
+            "loss {mean} vs {loss}"
+        );
+    }
+    for (i, declared) in graph.params.iter().enumerate() {
+        let id = ParamId(i as u32);
+        match &grads.params[i] {
+            Some(expected) => run.check(
+                BufferRole::ParamGrad(id),
+                expected,
+                &format!("{} gradient", declared.name),
+            ),
+            None => run.check(BufferRole::Param(id), &updated[i], &declared.name),
+        }
+    }
+    assert_thread_count_does_not_matter(&plan, &run);
+}
+
+/// The same training step on 1 thread gives bitwise the same buffers as on `run`'s threads.
+fn assert_thread_count_does_not_matter(plan: &Plan, run: &PlanRun) {
+    // Start from the state `run` started from: everything the runtime fills.
+    let mut single = PlanRun::new(plan, 1);
+    let filled = |role: &BufferRole| {
+        matches!(
+            role,
+            BufferRole::Input
+                | BufferRole::Param(_)
+                | BufferRole::Mask(_)
+                | BufferRole::Labels
+                | BufferRole::Target
+        )
+    };
+    for (i, decl) in plan.buffers.iter().enumerate() {
+        if filled(&decl.role) {
+            single.twin.set(BufId(i as u32), &run.initial[i]);
+        }
+    }
+    single.run(&plan.infer);
+    single.run(&plan.train_forward);
+    single.run(&[plan.loss]);
+    single.run(&plan.backward);
+    for (i, decl) in plan.buffers.iter().enumerate() {
+        let same = single.twin.jit[i]
+            .iter()
+            .zip(&run.twin.jit[i])
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(
+            same,
+            "{}: 1 thread and {} threads differ",
+            decl.name, run.twin.threads
+        );
+    }
+}
+
+#[test]
+fn branching_plan_matches_reference_with_cross_entropy() {
+    check_plan(&branching_graph(), 3, Loss::CrossEntropy, 1);
+}
+
+#[test]
+fn branching_plan_matches_reference_with_mse() {
+    check_plan(&branching_graph(), 2, Loss::Mse, 2);
+}
+
+#[test]
+fn one_dimensional_plan_matches_reference() {
+    check_plan(&one_dimensional_graph(), 3, Loss::CrossEntropy, 3);
+    check_plan(&one_dimensional_graph(), 2, Loss::Mse, 4);
+}
+
+/// Flatten and identity share their input's buffers; every node after a trainable parameter
+/// has a gradient, and the input and its max pooling have none.
+#[test]
+fn aliases_share_buffers_and_the_input_has_no_gradient() {
+    let graph = branching_graph();
+    let plan = plan(&graph, 2, Loss::CrossEntropy);
+    let id = |name: &str| {
+        NodeId(
+            graph
+                .nodes
+                .iter()
+                .position(|n| n.name == name)
+                .expect("node") as u32,
+        )
+    };
+    for (alias, source) in [("flatten1", "dropout1"), ("identity1", "concat1")] {
+        assert_eq!(
+            plan.buffer(BufferRole::Value(id(alias))),
+            plan.buffer(BufferRole::Value(id(source)))
+        );
+        assert_eq!(
+            plan.buffer(BufferRole::Grad(id(alias))),
+            plan.buffer(BufferRole::Grad(id(source)))
+        );
+    }
+    assert_eq!(
+        plan.buffer(BufferRole::Value(NodeId(0))),
+        plan.buffer(BufferRole::Input)
+    );
+    assert_eq!(plan.buffer(BufferRole::Grad(NodeId(0))), None);
+    assert_eq!(plan.buffer(BufferRole::Grad(id("maxpool1"))), None);
+    assert!(plan.buffer(BufferRole::Grad(id("conv1"))).is_some());
+    assert!(plan.buffers.iter().all(|b| !b.name.contains("flatten1")));
+}
+
+/// The first network of a file, through the front end.
+fn load(path: &str) -> Graph {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    let mut sources = SourceMap::default();
+    let graphs = cnnc::load_file(&path, &mut sources)
+        .unwrap_or_else(|e| panic!("{}: {e:?}", path.display()));
+    graphs
+        .into_iter()
+        .next()
+        .expect("the file defines a network")
+}
+
+#[test]
+fn golden_networks_match_reference() {
+    check_plan(
+        &load("tests/golden/nin_block.cnn"),
+        2,
+        Loss::CrossEntropy,
+        5,
+    );
+    check_plan(
+        &load("tests/golden/inception_block.cnn"),
+        2,
+        Loss::CrossEntropy,
+        6,
+    );
+    check_plan(&load("tests/golden/residual_bn.cnn"), 3, Loss::Mse, 7);
+}
+
+#[test]
+fn lenet_matches_reference() {
+    check_plan(&load("models/lenet.cnn"), 2, Loss::CrossEntropy, 8);
+}
