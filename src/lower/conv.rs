@@ -92,9 +92,10 @@ pub fn forward(name: &str, conv: &Conv, t: &ConvTensors) -> Kernel {
 
 /// The gradient kernels: `dx` (if the input needs one), `dw`, and `db` (if there is a bias).
 ///
-/// `dx` scatters `dy · w` into the input positions each output read, accumulating (the plan
-/// zeroes it first), parallel over the batch. `dw` and `db` reduce over the batch and the
-/// output positions inside one iteration of the parallel output-channel loop, in a fixed order.
+/// `dx` is accumulated (the plan zeroes it first), parallel over the batch: gathered per input
+/// element when every stride is 1, else scattered from each output. `dw` and `db` reduce over
+/// the batch and the output positions inside one iteration of the parallel output-channel
+/// loop, in a fixed order.
 pub fn backward(
     name: &str,
     conv: &Conv,
@@ -104,8 +105,15 @@ pub fn backward(
     dweight: &Tensor,
     dbias: Option<&Tensor>,
 ) -> Vec<Kernel> {
+    let unit_strides = conv.stride.iter().all(|&s| s == 1);
     let mut kernels: Vec<Kernel> = dx
-        .map(|dx| backward_input(name, conv, t, dy, dx))
+        .map(|dx| {
+            if unit_strides {
+                backward_input_gather(name, conv, t, dy, dx)
+            } else {
+                backward_input_scatter(name, conv, t, dy, dx)
+            }
+        })
         .into_iter()
         .collect();
     kernels.push(backward_weight(name, conv, t, dy, dweight));
@@ -113,7 +121,62 @@ pub fn backward(
     kernels
 }
 
-fn backward_input(name: &str, conv: &Conv, t: &ConvTensors, dy: &Tensor, dx: &Tensor) -> Kernel {
+/// `dx[n, g·Cg + ci, i] += Σ_{co, k} dy[n, co, i + p − k·d] · w[co, ci, k]` over the outputs
+/// in bounds: with stride 1 the output an input element feeds is affine in it. Each element is
+/// written once, from a local sum, and padding guards only reads, which is what lets the JIT
+/// prove the batch iterations disjoint and split them over threads.
+fn backward_input_gather(
+    name: &str,
+    conv: &Conv,
+    t: &ConvTensors,
+    dy: &Tensor,
+    dx: &Tensor,
+) -> Kernel {
+    let dims = Dims::new(conv, t.x, t.y);
+    let mut kb = KernelBuilder::new(format!("{name}.backward_input"));
+    let n = kb.var(dims.batch);
+    let g = kb.var(conv.groups);
+    let ci = kb.var(dims.in_per_group);
+    let input = kb.vars(&dims.in_spatial);
+    let co = kb.var(dims.out_per_group);
+    let window = kb.vars(&conv.kernel);
+    let acc = kb.local();
+
+    let out_channel = ix(g) * dims.out_per_group as i64 + ix(co);
+    let in_channel = ix(g) * dims.in_per_group as i64 + ix(ci);
+    let outputs: Vec<Index> = (0..input.len())
+        .map(|d| ix(input[d]) + dims.pad_before[d] as i64 - ix(window[d]) * conv.dilation[d] as i64)
+        .collect();
+    let bounds: Vec<(Index, usize)> = outputs
+        .iter()
+        .cloned()
+        .zip(dims.out_spatial.iter().copied())
+        .collect();
+    let dy_at = [vec![ix(n), out_channel.clone()], outputs].concat();
+    let w_at = [vec![out_channel, ix(ci)], ixs(&window)].concat();
+    let multiply_add = set(acc, fma(dy.load(&dy_at), t.weight.load(&w_at), local(acc)));
+    let inner = kb.guarded(&bounds, vec![multiply_add]);
+
+    let dx_at = [vec![ix(n), in_channel], ixs(&input)].concat();
+    let per_input = vec![
+        set(acc, cst(0.0)),
+        kb.for_(co, kb.nest(&window, inner)),
+        dx.accumulate(&dx_at, local(acc)),
+    ];
+    let body = kb.for_(g, vec![kb.for_(ci, kb.nest(&input, per_input))]);
+    let top = kb.parallel_for(n, vec![body]);
+    kb.finish(vec![top])
+}
+
+/// `dx[n, g·Cg + ci, o·s + k·d − p] += dy[n, co, o] · w[co, ci, k]` for every output and tap
+/// in bounds (any stride).
+fn backward_input_scatter(
+    name: &str,
+    conv: &Conv,
+    t: &ConvTensors,
+    dy: &Tensor,
+    dx: &Tensor,
+) -> Kernel {
     let dims = Dims::new(conv, t.x, t.y);
     let mut kb = KernelBuilder::new(format!("{name}.backward_input"));
     let n = kb.var(dims.batch);
