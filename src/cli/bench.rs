@@ -175,6 +175,15 @@ fn engine_infer(engine: &mut Engine, input: &[f32]) -> Result<(), Failure> {
         .map_err(|e| Failure::Runtime(e.to_string()))
 }
 
+/// Images per second: whole numbers when large, two decimals for big networks' small rates.
+fn rate(images_per_second: f64) -> String {
+    if images_per_second >= 100.0 {
+        format!("{images_per_second:.0}")
+    } else {
+        format!("{images_per_second:.2}")
+    }
+}
+
 struct Figures<'a> {
     network: &'a str,
     batch: usize,
@@ -200,8 +209,8 @@ impl Figures<'_> {
         let mib = |bytes: usize| bytes as f64 / (1024.0 * 1024.0);
         let row = |label: &str, seconds: f64, gflops: f64| {
             format!(
-                "{label:<15}{:>12.0}{:>12.3}{:>10.2}{:>9.1}%\n",
-                self.images_per_second(seconds),
+                "{label:<15}{:>12}{:>12.3}{:>10.2}{:>9.1}%\n",
+                rate(self.images_per_second(seconds)),
                 seconds * 1e3,
                 gflops,
                 100.0 * gflops / self.peak_gflops
