@@ -4,8 +4,10 @@
 
 pub mod check;
 pub mod dump;
+pub mod eval;
 pub mod params;
 pub mod render;
+pub mod run;
 
 use std::path::{Path, PathBuf};
 
@@ -53,6 +55,10 @@ enum Command {
         #[arg(long)]
         network: Option<String>,
     },
+    /// Train a network (settings from its `train` section, overridden by the flags).
+    Run(run::RunArgs),
+    /// Accuracy and confusion matrix of saved weights on a dataset, in inference mode.
+    Eval(eval::EvalArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -97,6 +103,9 @@ pub fn run() -> i32 {
             file,
             network,
         } => dump::report(*stage, file, network.as_deref(), &mut sources),
+        // These print as they go (progress, one line per epoch) and choose their exit code.
+        Command::Run(args) => return run::main(args, &mut sources),
+        Command::Eval(args) => return eval::main(args, &mut sources),
     };
     match result {
         Ok(text) => {
