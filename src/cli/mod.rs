@@ -6,11 +6,13 @@ pub mod bench;
 pub mod check;
 pub mod dump;
 pub mod engine_io;
+pub mod eval;
 pub mod forward;
 pub mod grad;
 pub mod init;
 pub mod params;
 pub mod render;
+pub mod run;
 
 use std::path::{Path, PathBuf};
 
@@ -123,6 +125,10 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
+    /// Train a network (settings from its `train` section, overridden by the flags).
+    Run(run::RunArgs),
+    /// Accuracy and confusion matrix of saved weights on a dataset, in inference mode.
+    Eval(eval::EvalArgs),
 }
 
 /// Why a command failed: mistakes in the program (diagnostics), or in the files, data or
@@ -251,6 +257,9 @@ pub fn run() -> i32 {
             },
             &mut sources,
         ),
+        // These print as they go (progress, one line per epoch) and choose their exit code.
+        Command::Run(args) => return run::main(args, &mut sources),
+        Command::Eval(args) => return eval::main(args, &mut sources),
     };
     match result {
         Ok(text) => {
