@@ -127,10 +127,10 @@ NETWORKS = {
         # `residual { ... }` is add { branch { ... } branch { identity } } in its own naming
         # scope; a bare `add` (like `concat`) opens none, so its branches are named in the
         # network's scope.
-        "1.conv1": "residual1.branch1.conv1",
-        "1.bn1": "residual1.branch1.batchnorm1",
-        "1.conv2": "residual1.branch1.conv2",
-        "1.bn2": "residual1.branch1.batchnorm2",
+        "1.conv1": "residual1.conv1",
+        "1.bn1": "residual1.batchnorm1",
+        "1.conv2": "residual1.conv2",
+        "1.bn2": "residual1.batchnorm2",
         "2.conv1": "branch1.conv1",
         "2.bn1": "branch1.batchnorm1",
         "2.conv2": "branch1.conv2",
@@ -142,7 +142,7 @@ NETWORKS = {
 
 
 def cnnc_name(torch_name, modules):
-    """`1.bn1.running_mean` -> `residual1.branch1.batchnorm1.running_mean`."""
+    """`1.bn1.running_mean` -> `residual1.batchnorm1.running_mean`."""
     module, _, suffix = torch_name.rpartition(".")
     if module not in modules:
         raise SystemExit(f"no cnnc name for PyTorch parameter {torch_name}: add `{module}` to the "

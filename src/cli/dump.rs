@@ -1,17 +1,26 @@
-//! `cnnc dump --stage ast|ir FILE`: the parsed file as canonical `.cnn`, or the expanded graph.
+//! `cnnc dump --stage ast|ir|loops|clif FILE`: the parsed file as canonical `.cnn`, the
+//! expanded graph, the plan's loop nests, or the Cranelift IR of every generated function.
+//!
+//! Plans are built for one batch size; the dumps use batch 1 (the engine commands compile for
+//! the batch they are given, which changes only the extents of the batch loops).
 
 use std::path::Path;
 
-use super::Stage;
-use crate::diag;
+use super::engine_io::loss_of;
+use super::{Failure, Stage};
+use crate::ir::Graph;
+use crate::lower::step::{plan, Plan};
 use crate::span::SourceMap;
+
+/// The batch size of the `loops` and `clif` dumps.
+const DUMP_BATCH: usize = 1;
 
 pub fn report(
     stage: Stage,
     file: &Path,
     network: Option<&str>,
     sources: &mut SourceMap,
-) -> diag::Result<String> {
+) -> Result<String, Failure> {
     match stage {
         Stage::Ast => {
             let id = crate::syntax::load::read_source(file, sources, None)?;
@@ -28,5 +37,52 @@ pub fn report(
                 .collect::<Vec<_>>()
                 .join("\n"))
         }
+        Stage::Loops => {
+            let graphs = super::load_networks(file, network, sources)?;
+            Ok(graphs
+                .iter()
+                .map(|g| {
+                    format!(
+                        "{}{}",
+                        header(g),
+                        crate::lower::print::plan_text(&plan_of(g))
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n"))
+        }
+        Stage::Clif => {
+            let graphs = super::load_networks(file, network, sources)?;
+            let mut out = Vec::new();
+            for graph in &graphs {
+                out.push(clif(graph)?);
+            }
+            Ok(out.join("\n"))
+        }
     }
+}
+
+fn plan_of(graph: &Graph) -> Plan {
+    plan(graph, DUMP_BATCH, loss_of(graph))
+}
+
+fn header(graph: &Graph) -> String {
+    format!(
+        "; network {} at batch {DUMP_BATCH} (the engine compiles for the batch it runs)\n",
+        graph.name
+    )
+}
+
+/// Every kernel's Cranelift IR, in plan order.
+fn clif(graph: &Graph) -> Result<String, Failure> {
+    let plan = plan_of(graph);
+    let lens: Vec<usize> = plan.buffers.iter().map(|b| b.len).collect();
+    let mut text = header(graph);
+    for kernel in &plan.kernels {
+        let clif = crate::jit::clif_text(kernel, &lens)
+            .map_err(|e| Failure::Runtime(format!("network `{}`: {e}", graph.name)))?;
+        text.push('\n');
+        text.push_str(&clif);
+    }
+    Ok(text)
 }

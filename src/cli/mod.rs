@@ -2,8 +2,13 @@
 //! diagnostics. Exit codes: 0 success, 1 the program has mistakes (diagnostics printed),
 //! 2 bad command-line usage (clap's own).
 
+pub mod bench;
 pub mod check;
 pub mod dump;
+pub mod engine_io;
+pub mod forward;
+pub mod grad;
+pub mod init;
 pub mod params;
 pub mod render;
 
@@ -53,6 +58,85 @@ enum Command {
         #[arg(long)]
         network: Option<String>,
     },
+    /// Run the network in inference mode on a batch of inputs (`.npy`), write the outputs.
+    Forward {
+        file: PathBuf,
+        #[arg(long)]
+        network: Option<String>,
+        /// Parameters and buffers (safetensors, LANGUAGE.md names, PyTorch layouts).
+        #[arg(long)]
+        weights: PathBuf,
+        /// float32 `.npy` of shape `[N, *input]`; the batch size is N.
+        #[arg(long)]
+        input: PathBuf,
+        /// Where to write the float32 outputs `[N, *output]`.
+        #[arg(long)]
+        output: PathBuf,
+        /// Threads for the kernels (default: every core).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+    /// One training-mode forward and backward pass (mean softmax cross-entropy); write the
+    /// gradient of every trainable parameter under its name.
+    Grad {
+        file: PathBuf,
+        #[arg(long)]
+        network: Option<String>,
+        #[arg(long)]
+        weights: PathBuf,
+        #[arg(long)]
+        input: PathBuf,
+        /// Integer class labels `[N]` (int64, int32 or uint8 `.npy`).
+        #[arg(long)]
+        labels: PathBuf,
+        /// Where to write the gradients (safetensors).
+        #[arg(long)]
+        output: PathBuf,
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+    /// Write initial weights: the network's `train { init = ... }`, or PyTorch's default.
+    Init {
+        file: PathBuf,
+        #[arg(long)]
+        network: Option<String>,
+        #[arg(long)]
+        seed: u64,
+        #[arg(long)]
+        output: PathBuf,
+    },
+    /// Time inference and a training step (forward, backward, optimiser update).
+    Bench {
+        file: PathBuf,
+        #[arg(long)]
+        network: Option<String>,
+        #[arg(long)]
+        batch: usize,
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Also time every kernel of the plan, grouped by layer.
+        #[arg(long)]
+        layers: bool,
+        /// The machine's peak in GFLOP/s, for the fraction reached.
+        #[arg(long, default_value_t = bench::DEFAULT_PEAK_GFLOPS)]
+        peak: f64,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+}
+
+/// Why a command failed: mistakes in the program (diagnostics), or in the files, data or
+/// arguments handed to it at run time (a message naming the thing at fault).
+#[derive(Debug)]
+pub enum Failure {
+    Program(Vec<Diagnostic>),
+    Runtime(String),
+}
+
+impl From<Vec<Diagnostic>> for Failure {
+    fn from(diagnostics: Vec<Diagnostic>) -> Self {
+        Failure::Program(diagnostics)
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -67,6 +151,10 @@ pub enum Stage {
     Ast,
     /// The expanded graph with shapes and parameter names.
     Ir,
+    /// The plan's buffers and loop nests, and its schedules (at batch 1).
+    Loops,
+    /// The Cranelift IR of every generated function (at batch 1, for this host).
+    Clif,
 }
 
 /// Runs the command line and returns the process exit code.
@@ -79,32 +167,102 @@ pub fn run() -> i32 {
         }
     };
     let mut sources = SourceMap::default();
-    let result = match &cli.command {
+    let result: Result<String, Failure> = match &cli.command {
         Command::Check {
             file,
             network,
             format,
         } => load_networks(file, network.as_deref(), &mut sources)
-            .map(|graphs| check::report(&graphs, *format)),
+            .map(|graphs| check::report(&graphs, *format))
+            .map_err(Failure::from),
         Command::Params {
             file,
             network,
             format,
         } => load_networks(file, network.as_deref(), &mut sources)
-            .map(|graphs| params::report(&graphs, *format)),
+            .map(|graphs| params::report(&graphs, *format))
+            .map_err(Failure::from),
         Command::Dump {
             stage,
             file,
             network,
         } => dump::report(*stage, file, network.as_deref(), &mut sources),
+        Command::Forward {
+            file,
+            network,
+            weights,
+            input,
+            output,
+            threads,
+        } => forward::run(
+            &forward::Args {
+                file,
+                network: network.as_deref(),
+                weights,
+                input,
+                output,
+                threads: *threads,
+            },
+            &mut sources,
+        ),
+        Command::Grad {
+            file,
+            network,
+            weights,
+            input,
+            labels,
+            output,
+            threads,
+        } => grad::run(
+            &grad::Args {
+                file,
+                network: network.as_deref(),
+                weights,
+                input,
+                labels,
+                output,
+                threads: *threads,
+            },
+            &mut sources,
+        ),
+        Command::Init {
+            file,
+            network,
+            seed,
+            output,
+        } => init::run(file, network.as_deref(), *seed, output, &mut sources),
+        Command::Bench {
+            file,
+            network,
+            batch,
+            threads,
+            layers,
+            peak,
+            format,
+        } => bench::run(
+            &bench::Args {
+                file,
+                network: network.as_deref(),
+                batch: *batch,
+                threads: *threads,
+                layers: *layers,
+                peak_gflops: *peak,
+                format: *format,
+            },
+            &mut sources,
+        ),
     };
     match result {
         Ok(text) => {
             print!("{text}");
             0
         }
-        Err(diagnostics) => {
+        Err(Failure::Program(diagnostics)) => {
             eprint!("{}", render::diagnostics(&sources, &diagnostics));
+            1
+        }
+        Err(Failure::Runtime(message)) => {
+            eprintln!("error: {message}");
             1
         }
     }

@@ -73,15 +73,7 @@ impl Dims {
         } else {
             (last_inside / stride + 1).clamp(lo, extent)
         };
-        [(0, lo, true), (lo, hi, false), (hi, extent, true)]
-            .into_iter()
-            .filter(|&(start, end, _)| end > start)
-            .map(|(start, end, guarded)| Segment {
-                start,
-                len: (end - start) as usize,
-                guarded,
-            })
-            .collect()
+        split(lo, hi, extent)
     }
 }
 
@@ -202,8 +194,8 @@ pub fn forward(name: &str, conv: &Conv, t: &ConvTensors) -> Kernel {
 
 /// The gradient kernels: `dx` (if the input needs one), `dw`, and `db` (if there is a bias).
 ///
-/// `dx` scatters `dy · w` into the input positions each output read, accumulating (the plan
-/// zeroes it first), parallel over the batch. `dw` and `db` reduce over the batch and the
+/// `dx` is accumulated (the plan zeroes it first), parallel over the batch: gathered along input
+/// rows when every stride is 1, else scattered from output rows. `dw` and `db` reduce over the batch and the
 /// output positions inside one iteration of the parallel output-channel loop, in a fixed order.
 pub fn backward(
     name: &str,
@@ -214,8 +206,12 @@ pub fn backward(
     dweight: &Tensor,
     dbias: Option<&Tensor>,
 ) -> Vec<Kernel> {
+    let unit_strides = conv.stride.iter().all(|&s| s == 1);
     let mut kernels: Vec<Kernel> = dx
-        .map(|dx| backward_input(name, conv, t, dy, dx))
+        .map(|dx| match unit_strides {
+            true => backward_input_gather(name, conv, t, dy, dx),
+            false => backward_input_scatter(name, conv, t, dy, dx),
+        })
         .into_iter()
         .collect();
     kernels.push(backward_weight(name, conv, t, dy, dweight));
@@ -223,9 +219,112 @@ pub fn backward(
     kernels
 }
 
+/// `dx[n, g·Cg + ci, i] += dy[n, co, i + p − k·d] · w[co, ci, k]` for `co, ci, k` in order,
+/// the weight in a local and the last input axis innermost, over the outputs in bounds: with
+/// stride 1 the output an input element feeds is affine in it. Every write indexes `dx` by the
+/// input position alone (padding guards only reads), which is what lets the JIT prove the
+/// batch iterations disjoint and split them over threads; per element the sum runs over
+/// `co, k` in order.
+fn backward_input_gather(
+    name: &str,
+    conv: &Conv,
+    t: &ConvTensors,
+    dy: &Tensor,
+    dx: &Tensor,
+) -> Kernel {
+    let dims = Dims::new(conv, t.x, t.y);
+    let last = dims.last();
+    let mut kb = KernelBuilder::new(format!("{name}.backward_input"));
+    let n = kb.var(dims.batch);
+    let g = kb.var(conv.groups);
+    let co = kb.var(dims.out_per_group);
+    let ci = kb.var(dims.in_per_group);
+    let window = kb.vars(&conv.kernel);
+    let input = kb.vars(&dims.in_spatial[..last]);
+    let weight = kb.local();
+
+    let out_channel = ix(g) * dims.out_per_group as i64 + ix(co);
+    let in_channel = ix(g) * dims.in_per_group as i64 + ix(ci);
+    // The output read by input `i` through tap `k` on axis `d`.
+    let output = |d: usize, i: Index, k: Var| {
+        i + dims.pad_before[d] as i64 - ix(k) * conv.dilation[d] as i64
+    };
+    let outer: Vec<Index> = (0..last)
+        .map(|d| output(d, ix(input[d]), window[d]))
+        .collect();
+    let outer_bounds: Vec<(Index, usize)> = outer
+        .iter()
+        .cloned()
+        .zip(dims.out_spatial.iter().copied())
+        .collect();
+    let mut rows = Vec::new();
+    for segment in gather_segments(conv, &dims) {
+        let (v, i) = segment.var(&mut kb);
+        let o = output(last, i.clone(), window[last]);
+        let dy_at = [
+            vec![ix(n), out_channel.clone()],
+            outer.clone(),
+            vec![o.clone()],
+        ]
+        .concat();
+        let dx_at = [vec![ix(n), in_channel.clone()], ixs(&input), vec![i]].concat();
+        let update = dx.store(&dx_at, fma(dy.load(&dy_at), local(weight), dx.load(&dx_at)));
+        let body = match segment.guarded {
+            true => kb.guarded(&[(o, dims.out_spatial[last])], vec![update]),
+            false => vec![update],
+        };
+        rows.push(kb.for_(v, body));
+    }
+    let rows = kb.guarded(&outer_bounds, rows);
+    let w_at = [vec![out_channel, ix(ci)], ixs(&window)].concat();
+    let per_weight = [
+        vec![set(weight, t.weight.load(&w_at))],
+        kb.nest(&input, rows),
+    ]
+    .concat();
+    let body = kb.for_(
+        g,
+        vec![kb.for_(co, vec![kb.for_(ci, kb.nest(&window, per_weight))])],
+    );
+    let top = kb.parallel_for(n, vec![body]);
+    kb.finish(vec![top])
+}
+
+/// The ranges of the last input axis for the stride-1 gather: guarded edges around an interior
+/// where every tap `k` reads an output `i + p − k·d` inside `0..O`.
+fn gather_segments(conv: &Conv, dims: &Dims) -> Vec<Segment> {
+    let d = dims.last();
+    let pad = dims.pad_before[d] as i64;
+    let reach = (conv.kernel[d] as i64 - 1) * conv.dilation[d] as i64;
+    let extent = dims.in_spatial[d] as i64;
+    let lo = (reach - pad).clamp(0, extent);
+    let hi = (dims.out_spatial[d] as i64 - pad).clamp(lo, extent);
+    split(lo, hi, extent)
+}
+
+/// `0..lo` and `hi..extent` guarded, `lo..hi` not; empty ranges left out.
+fn split(lo: i64, hi: i64, extent: i64) -> Vec<Segment> {
+    [(0, lo, true), (lo, hi, false), (hi, extent, true)]
+        .into_iter()
+        .filter(|&(start, end, _)| end > start)
+        .map(|(start, end, guarded)| Segment {
+            start,
+            len: (end - start) as usize,
+            guarded,
+        })
+        .collect()
+}
+
 /// `dx[n, g·Cg + ci, o·s + k·d − p] += dy[n, co, o] · w[co, ci, k]` for `co, ci, k` in order,
-/// the weight in a local and `o` innermost (distinct `o` write distinct `dx`: no chain).
-fn backward_input(name: &str, conv: &Conv, t: &ConvTensors, dy: &Tensor, dx: &Tensor) -> Kernel {
+/// the weight in a local and `o` innermost (distinct `o` write distinct `dx`: no chain); any
+/// stride.
+fn backward_input_scatter(
+    name: &str,
+    conv: &Conv,
+    t: &ConvTensors,
+    dy: &Tensor,
+    dx: &Tensor,
+) -> Kernel {
     let dims = Dims::new(conv, t.x, t.y);
     let last = dims.last();
     let mut kb = KernelBuilder::new(format!("{name}.backward_input"));

@@ -1,0 +1,43 @@
+//! `cnnc forward FILE --weights W --input X.npy --output Y.npy`: inference (dropout off,
+//! batchnorm with running statistics) on a batch whose size is the input's first axis.
+
+use std::path::Path;
+
+use ndarray::{ArrayViewD, IxDyn};
+
+use super::engine_io::{load_one, loss_of, read_input, read_weights, set_threads};
+use super::Failure;
+use crate::runtime::engine::Engine;
+use crate::runtime::tensors;
+use crate::span::SourceMap;
+
+pub struct Args<'a> {
+    pub file: &'a Path,
+    pub network: Option<&'a str>,
+    pub weights: &'a Path,
+    pub input: &'a Path,
+    pub output: &'a Path,
+    pub threads: Option<usize>,
+}
+
+/// Runs the command; the text is a one-line summary for stdout.
+pub fn run(args: &Args, sources: &mut SourceMap) -> Result<String, Failure> {
+    let graph = load_one(args.file, args.network, sources)?;
+    let threads = set_threads(args.threads)?;
+    let params = read_weights(args.weights, &graph)?;
+    let (input, batch) = read_input(args.input, &graph)?;
+    let runtime = |e: crate::runtime::engine::EngineError| Failure::Runtime(e.to_string());
+    let mut engine = Engine::new(&graph, batch, loss_of(&graph), threads).map_err(runtime)?;
+    engine.set_params(&params).map_err(runtime)?;
+    let output = engine.infer(&input).map_err(runtime)?;
+    let mut shape = vec![batch];
+    shape.extend(&graph.output_shape().0);
+    let view = ArrayViewD::from_shape(IxDyn(&shape), output)
+        .map_err(|e| Failure::Runtime(format!("the output does not have shape {shape:?}: {e}")))?;
+    tensors::write_f32(args.output, view).map_err(|e| Failure::Runtime(e.to_string()))?;
+    Ok(format!(
+        "wrote {} {shape:?} ({batch} samples of `{}` in inference mode)\n",
+        args.output.display(),
+        graph.name
+    ))
+}
