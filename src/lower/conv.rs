@@ -2,11 +2,16 @@
 //! generated from the rank, so 1-D, 2-D and 3-D share one lowering.
 //!
 //! Layouts: `x [N, C_in, *S]`, `w [C_out, C_in/G, *K]`, `y [N, C_out, *O]`. Output channel `co`
-//! of group `g` reads input channels `g·C_in/G ..`. Padding is an `InBounds` guard around the
-//! multiply-add (zero padding contributes nothing), left out on axes that never leave the input.
+//! of group `g` reads input channels `g·C_in/G ..`.
+//!
+//! Loop order, for speed: the innermost loop always runs over the last output axis, so its loads
+//! and stores walk rows of `x`, `y` and the gradients, and its iterations do not wait for each
+//! other (an FMA chain through one accumulator costs its latency, ~4 cycles, per step). Padding
+//! guards on the outer spatial axes sit just above that loop; on the last axis its range is
+//! split (see [`Segment`]) so that only the few edge iterations carry a guard.
 
 use super::builder::{cst, fma, ix, ixs, local, set, window_positions, KernelBuilder, Tensor};
-use super::loops::{Index, Kernel, Stmt, Var};
+use super::loops::{Index, Kernel, Local, Stmt, Var};
 use crate::ir::Conv;
 
 /// The tensors of one convolution. `x` and `y` carry the batch axis.
@@ -16,6 +21,10 @@ pub struct ConvTensors<'a> {
     pub bias: Option<&'a Tensor>,
     pub y: &'a Tensor,
 }
+
+/// At most this many weight-gradient accumulators live at once: more spill (the x64 backend
+/// ties an FMA's destination to a multiplicand, see issue 7).
+const MAX_ACCUMULATORS: usize = 8;
 
 /// Per-axis sizes every kernel needs, read from the IR and the tensors.
 struct Dims {
@@ -39,63 +48,155 @@ impl Dims {
         }
     }
 
-    /// `(position, size)` guards of every spatial axis.
-    fn bounds(&self, conv: &Conv, out: &[Var], window: &[Var]) -> Vec<(Index, usize)> {
-        window_positions(out, window, &conv.stride, &conv.dilation, &self.pad_before)
-            .into_iter()
-            .zip(self.in_spatial.iter().copied())
-            .collect()
+    fn last(&self) -> usize {
+        self.out_spatial.len() - 1
+    }
+
+    /// The input position of the last axis read by output `o` and window offset `k`.
+    fn last_position(&self, conv: &Conv, o: Index, k: Index) -> Index {
+        let d = self.last();
+        o * conv.stride[d] as i64 + k * conv.dilation[d] as i64 - self.pad_before[d] as i64
+    }
+
+    /// The ranges of the last output axis: guarded edges around an interior where every
+    /// window offset reads inside the input.
+    fn segments(&self, conv: &Conv) -> Vec<Segment> {
+        let d = self.last();
+        let (stride, pad) = (conv.stride[d] as i64, self.pad_before[d] as i64);
+        let reach = (conv.kernel[d] as i64 - 1) * conv.dilation[d] as i64;
+        let extent = self.out_spatial[d] as i64;
+        // Interior: o·s − p >= 0 and o·s + reach − p <= W − 1.
+        let lo = ((pad + stride - 1) / stride).min(extent);
+        let last_inside = self.in_spatial[d] as i64 - 1 + pad - reach;
+        let hi = if last_inside < 0 {
+            lo
+        } else {
+            (last_inside / stride + 1).clamp(lo, extent)
+        };
+        split(lo, hi, extent)
     }
 }
 
-/// `y[n, co, o] = b[co] + Σ_{ci, k} x[n, g·Cg + ci, o·s + k·d − p] · w[co, ci, k]`, one local
-/// accumulator per output element; parallel over the batch.
+/// A range `start .. start + len` of the last output axis; `guarded` when some window offset
+/// reads padding there.
+struct Segment {
+    start: i64,
+    len: usize,
+    guarded: bool,
+}
+
+impl Segment {
+    /// Allocates this segment's loop variable; returns it and the output position it stands for.
+    fn var(&self, kb: &mut KernelBuilder) -> (Var, Index) {
+        let v = kb.var(self.len);
+        (v, ix(v) + self.start)
+    }
+}
+
+/// The padding guards of the spatial axes before the last, for output `out` and window `window`.
+fn outer_bounds(conv: &Conv, dims: &Dims, out: &[Var], window: &[Var]) -> Vec<(Index, usize)> {
+    let d = dims.last();
+    window_positions(
+        &out[..d],
+        &window[..d],
+        &conv.stride[..d],
+        &conv.dilation[..d],
+        &dims.pad_before[..d],
+    )
+    .into_iter()
+    .zip(dims.in_spatial.iter().copied())
+    .collect()
+}
+
+/// The input coordinates `[*outer positions, last]` read by `out[..last]`, `window[..last]`.
+fn input_positions(
+    conv: &Conv,
+    dims: &Dims,
+    out: &[Var],
+    window: &[Var],
+    last: Index,
+) -> Vec<Index> {
+    let d = dims.last();
+    let mut positions = window_positions(
+        &out[..d],
+        &window[..d],
+        &conv.stride[..d],
+        &conv.dilation[..d],
+        &dims.pad_before[..d],
+    );
+    positions.push(last);
+    positions
+}
+
+/// `y[n, co, o] = b[co]`, then `y[n, co, o] += x[n, g·Cg + ci, o·s + k·d − p] · w[co, ci, k]`
+/// for `ci, k` in order with the weight in a local and `o` innermost. Per output, the sum runs
+/// in the same order as a single accumulator would; parallel over the batch.
 pub fn forward(name: &str, conv: &Conv, t: &ConvTensors) -> Kernel {
     let dims = Dims::new(conv, t.x, t.y);
+    let last = dims.last();
     let mut kb = KernelBuilder::new(format!("{name}.forward"));
     let n = kb.var(dims.batch);
     let g = kb.var(conv.groups);
     let co = kb.var(dims.out_per_group);
-    let out = kb.vars(&dims.out_spatial);
     let ci = kb.var(dims.in_per_group);
     let window = kb.vars(&conv.kernel);
-    let acc = kb.local();
+    let out = kb.vars(&dims.out_spatial);
+    let weight = kb.local();
 
     let out_channel = ix(g) * dims.out_per_group as i64 + ix(co);
     let in_channel = ix(g) * dims.in_per_group as i64 + ix(ci);
-    let positions = window_positions(
-        &out,
-        &window,
-        &conv.stride,
-        &conv.dilation,
-        &dims.pad_before,
-    );
-    let x_at = [vec![ix(n), in_channel], positions].concat();
-    let w_at = [vec![out_channel.clone(), ix(ci)], ixs(&window)].concat();
-    let multiply_add = set(acc, fma(t.x.load(&x_at), t.weight.load(&w_at), local(acc)));
-    let inner = kb.guarded(&dims.bounds(conv, &out, &window), vec![multiply_add]);
+    let y_row = |o: Index| [vec![ix(n), out_channel.clone()], ixs(&out[..last]), vec![o]].concat();
 
     let start = match t.bias {
         Some(b) => b.load(std::slice::from_ref(&out_channel)),
         None => cst(0.0),
     };
-    let y_at = [vec![ix(n), out_channel], ixs(&out)].concat();
-    let per_output = vec![
-        set(acc, start),
-        kb.for_(ci, kb.nest(&window, inner)),
-        t.y.store(&y_at, local(acc)),
-    ];
-    let body = kb.for_(g, vec![kb.for_(co, kb.nest(&out, per_output))]);
-    let top = kb.parallel_for(n, vec![body]);
+    let init = kb.for_(
+        g,
+        vec![kb.for_(
+            co,
+            kb.nest(&out, vec![t.y.store(&y_row(ix(out[last])), start)]),
+        )],
+    );
+
+    let mut rows = Vec::new();
+    for segment in dims.segments(conv) {
+        let (v, o) = segment.var(&mut kb);
+        let position = dims.last_position(conv, o.clone(), ix(window[last]));
+        let x_at = [
+            vec![ix(n), in_channel.clone()],
+            input_positions(conv, &dims, &out, &window, position.clone()),
+        ]
+        .concat();
+        let y_at = y_row(o);
+        let update =
+            t.y.store(&y_at, fma(t.x.load(&x_at), local(weight), t.y.load(&y_at)));
+        let body = match segment.guarded {
+            true => kb.guarded(&[(position, dims.in_spatial[last])], vec![update]),
+            false => vec![update],
+        };
+        rows.push(kb.for_(v, body));
+    }
+    let rows = kb.guarded(&outer_bounds(conv, &dims, &out, &window), rows);
+    let w_at = [vec![out_channel.clone(), ix(ci)], ixs(&window)].concat();
+    let per_weight = [
+        vec![set(weight, t.weight.load(&w_at))],
+        kb.nest(&out[..last], rows),
+    ]
+    .concat();
+    let accumulate = kb.for_(
+        g,
+        vec![kb.for_(co, vec![kb.for_(ci, kb.nest(&window, per_weight))])],
+    );
+    let top = kb.parallel_for(n, vec![init, accumulate]);
     kb.finish(vec![top])
 }
 
 /// The gradient kernels: `dx` (if the input needs one), `dw`, and `db` (if there is a bias).
 ///
-/// `dx` is accumulated (the plan zeroes it first), parallel over the batch: gathered per input
-/// element when every stride is 1, else scattered from each output. `dw` and `db` reduce over
-/// the batch and the output positions inside one iteration of the parallel output-channel
-/// loop, in a fixed order.
+/// `dx` is accumulated (the plan zeroes it first), parallel over the batch: gathered along input
+/// rows when every stride is 1, else scattered from output rows. `dw` and `db` reduce over the batch and the
+/// output positions inside one iteration of the parallel output-channel loop, in a fixed order.
 pub fn backward(
     name: &str,
     conv: &Conv,
@@ -107,12 +208,9 @@ pub fn backward(
 ) -> Vec<Kernel> {
     let unit_strides = conv.stride.iter().all(|&s| s == 1);
     let mut kernels: Vec<Kernel> = dx
-        .map(|dx| {
-            if unit_strides {
-                backward_input_gather(name, conv, t, dy, dx)
-            } else {
-                backward_input_scatter(name, conv, t, dy, dx)
-            }
+        .map(|dx| match unit_strides {
+            true => backward_input_gather(name, conv, t, dy, dx),
+            false => backward_input_scatter(name, conv, t, dy, dx),
         })
         .into_iter()
         .collect();
@@ -121,10 +219,12 @@ pub fn backward(
     kernels
 }
 
-/// `dx[n, g·Cg + ci, i] += Σ_{co, k} dy[n, co, i + p − k·d] · w[co, ci, k]` over the outputs
-/// in bounds: with stride 1 the output an input element feeds is affine in it. Each element is
-/// written once, from a local sum, and padding guards only reads, which is what lets the JIT
-/// prove the batch iterations disjoint and split them over threads.
+/// `dx[n, g·Cg + ci, i] += dy[n, co, i + p − k·d] · w[co, ci, k]` for `co, ci, k` in order,
+/// the weight in a local and the last input axis innermost, over the outputs in bounds: with
+/// stride 1 the output an input element feeds is affine in it. Every write indexes `dx` by the
+/// input position alone (padding guards only reads), which is what lets the JIT prove the
+/// batch iterations disjoint and split them over threads; per element the sum runs over
+/// `co, k` in order.
 fn backward_input_gather(
     name: &str,
     conv: &Conv,
@@ -133,43 +233,91 @@ fn backward_input_gather(
     dx: &Tensor,
 ) -> Kernel {
     let dims = Dims::new(conv, t.x, t.y);
+    let last = dims.last();
     let mut kb = KernelBuilder::new(format!("{name}.backward_input"));
     let n = kb.var(dims.batch);
     let g = kb.var(conv.groups);
-    let ci = kb.var(dims.in_per_group);
-    let input = kb.vars(&dims.in_spatial);
     let co = kb.var(dims.out_per_group);
+    let ci = kb.var(dims.in_per_group);
     let window = kb.vars(&conv.kernel);
-    let acc = kb.local();
+    let input = kb.vars(&dims.in_spatial[..last]);
+    let weight = kb.local();
 
     let out_channel = ix(g) * dims.out_per_group as i64 + ix(co);
     let in_channel = ix(g) * dims.in_per_group as i64 + ix(ci);
-    let outputs: Vec<Index> = (0..input.len())
-        .map(|d| ix(input[d]) + dims.pad_before[d] as i64 - ix(window[d]) * conv.dilation[d] as i64)
+    // The output read by input `i` through tap `k` on axis `d`.
+    let output = |d: usize, i: Index, k: Var| {
+        i + dims.pad_before[d] as i64 - ix(k) * conv.dilation[d] as i64
+    };
+    let outer: Vec<Index> = (0..last)
+        .map(|d| output(d, ix(input[d]), window[d]))
         .collect();
-    let bounds: Vec<(Index, usize)> = outputs
+    let outer_bounds: Vec<(Index, usize)> = outer
         .iter()
         .cloned()
         .zip(dims.out_spatial.iter().copied())
         .collect();
-    let dy_at = [vec![ix(n), out_channel.clone()], outputs].concat();
+    let mut rows = Vec::new();
+    for segment in gather_segments(conv, &dims) {
+        let (v, i) = segment.var(&mut kb);
+        let o = output(last, i.clone(), window[last]);
+        let dy_at = [
+            vec![ix(n), out_channel.clone()],
+            outer.clone(),
+            vec![o.clone()],
+        ]
+        .concat();
+        let dx_at = [vec![ix(n), in_channel.clone()], ixs(&input), vec![i]].concat();
+        let update = dx.store(&dx_at, fma(dy.load(&dy_at), local(weight), dx.load(&dx_at)));
+        let body = match segment.guarded {
+            true => kb.guarded(&[(o, dims.out_spatial[last])], vec![update]),
+            false => vec![update],
+        };
+        rows.push(kb.for_(v, body));
+    }
+    let rows = kb.guarded(&outer_bounds, rows);
     let w_at = [vec![out_channel, ix(ci)], ixs(&window)].concat();
-    let multiply_add = set(acc, fma(dy.load(&dy_at), t.weight.load(&w_at), local(acc)));
-    let inner = kb.guarded(&bounds, vec![multiply_add]);
-
-    let dx_at = [vec![ix(n), in_channel], ixs(&input)].concat();
-    let per_input = vec![
-        set(acc, cst(0.0)),
-        kb.for_(co, kb.nest(&window, inner)),
-        dx.accumulate(&dx_at, local(acc)),
-    ];
-    let body = kb.for_(g, vec![kb.for_(ci, kb.nest(&input, per_input))]);
+    let per_weight = [
+        vec![set(weight, t.weight.load(&w_at))],
+        kb.nest(&input, rows),
+    ]
+    .concat();
+    let body = kb.for_(
+        g,
+        vec![kb.for_(co, vec![kb.for_(ci, kb.nest(&window, per_weight))])],
+    );
     let top = kb.parallel_for(n, vec![body]);
     kb.finish(vec![top])
 }
 
-/// `dx[n, g·Cg + ci, o·s + k·d − p] += dy[n, co, o] · w[co, ci, k]` for every output and tap
-/// in bounds (any stride).
+/// The ranges of the last input axis for the stride-1 gather: guarded edges around an interior
+/// where every tap `k` reads an output `i + p − k·d` inside `0..O`.
+fn gather_segments(conv: &Conv, dims: &Dims) -> Vec<Segment> {
+    let d = dims.last();
+    let pad = dims.pad_before[d] as i64;
+    let reach = (conv.kernel[d] as i64 - 1) * conv.dilation[d] as i64;
+    let extent = dims.in_spatial[d] as i64;
+    let lo = (reach - pad).clamp(0, extent);
+    let hi = (dims.out_spatial[d] as i64 - pad).clamp(lo, extent);
+    split(lo, hi, extent)
+}
+
+/// `0..lo` and `hi..extent` guarded, `lo..hi` not; empty ranges left out.
+fn split(lo: i64, hi: i64, extent: i64) -> Vec<Segment> {
+    [(0, lo, true), (lo, hi, false), (hi, extent, true)]
+        .into_iter()
+        .filter(|&(start, end, _)| end > start)
+        .map(|(start, end, guarded)| Segment {
+            start,
+            len: (end - start) as usize,
+            guarded,
+        })
+        .collect()
+}
+
+/// `dx[n, g·Cg + ci, o·s + k·d − p] += dy[n, co, o] · w[co, ci, k]` for `co, ci, k` in order,
+/// the weight in a local and `o` innermost (distinct `o` write distinct `dx`: no chain); any
+/// stride.
 fn backward_input_scatter(
     name: &str,
     conv: &Conv,
@@ -178,70 +326,105 @@ fn backward_input_scatter(
     dx: &Tensor,
 ) -> Kernel {
     let dims = Dims::new(conv, t.x, t.y);
+    let last = dims.last();
     let mut kb = KernelBuilder::new(format!("{name}.backward_input"));
     let n = kb.var(dims.batch);
     let g = kb.var(conv.groups);
     let co = kb.var(dims.out_per_group);
-    let out = kb.vars(&dims.out_spatial);
     let ci = kb.var(dims.in_per_group);
     let window = kb.vars(&conv.kernel);
+    let out = kb.vars(&dims.out_spatial[..last]);
+    let weight = kb.local();
 
     let out_channel = ix(g) * dims.out_per_group as i64 + ix(co);
     let in_channel = ix(g) * dims.in_per_group as i64 + ix(ci);
-    let positions = window_positions(
-        &out,
-        &window,
-        &conv.stride,
-        &conv.dilation,
-        &dims.pad_before,
-    );
-    let dy_at = [vec![ix(n), out_channel.clone()], ixs(&out)].concat();
+    let mut rows = Vec::new();
+    for segment in dims.segments(conv) {
+        let (v, o) = segment.var(&mut kb);
+        let position = dims.last_position(conv, o.clone(), ix(window[last]));
+        let dy_at = [vec![ix(n), out_channel.clone()], ixs(&out), vec![o]].concat();
+        let dx_at = [
+            vec![ix(n), in_channel.clone()],
+            input_positions(conv, &dims, &out, &window, position.clone()),
+        ]
+        .concat();
+        let update = dx.store(&dx_at, fma(dy.load(&dy_at), local(weight), dx.load(&dx_at)));
+        let body = match segment.guarded {
+            true => kb.guarded(&[(position, dims.in_spatial[last])], vec![update]),
+            false => vec![update],
+        };
+        rows.push(kb.for_(v, body));
+    }
+    let rows = kb.guarded(&outer_bounds(conv, &dims, &out, &window), rows);
     let w_at = [vec![out_channel, ix(ci)], ixs(&window)].concat();
-    let dx_at = [vec![ix(n), in_channel], positions].concat();
-    let scatter = dx.accumulate(&dx_at, dy.load(&dy_at) * t.weight.load(&w_at));
-    let inner = kb.guarded(&dims.bounds(conv, &out, &window), vec![scatter]);
-
-    let per_output = vec![kb.for_(ci, kb.nest(&window, inner))];
-    let body = kb.for_(g, vec![kb.for_(co, kb.nest(&out, per_output))]);
+    let per_weight = [vec![set(weight, t.weight.load(&w_at))], kb.nest(&out, rows)].concat();
+    let body = kb.for_(
+        g,
+        vec![kb.for_(co, vec![kb.for_(ci, kb.nest(&window, per_weight))])],
+    );
     let top = kb.parallel_for(n, vec![body]);
     kb.finish(vec![top])
 }
 
 /// `dw[co, ci, k] = Σ_{n, o} dy[n, co, o] · x[n, g·Cg + ci, o·s + k·d − p]`. The top-level loop
 /// runs over all output channels; the group of `co` is found by a guard over the group loop,
-/// since the loop IR has no integer division.
+/// since the loop IR has no integer division. The offsets of the last window axis are unrolled
+/// into independent accumulators (up to [`MAX_ACCUMULATORS`] at once) that share each `dy` load;
+/// each sums over `n, o` in order, so the result does not depend on the unrolling.
 fn backward_weight(name: &str, conv: &Conv, t: &ConvTensors, dy: &Tensor, dw: &Tensor) -> Kernel {
     let dims = Dims::new(conv, t.x, t.y);
+    let last = dims.last();
     let mut kb = KernelBuilder::new(format!("{name}.backward_weight"));
     let co = kb.var(conv.out_channels);
     let g = kb.var(conv.groups);
     let ci = kb.var(dims.in_per_group);
-    let window = kb.vars(&conv.kernel);
-    let n = kb.var(dims.batch);
-    let out = kb.vars(&dims.out_spatial);
-    let acc = kb.local();
+    let window = kb.vars(&conv.kernel[..last]);
+    let accs: Vec<Local> = (0..conv.kernel[last].min(MAX_ACCUMULATORS))
+        .map(|_| kb.local())
+        .collect();
+    let gradient = kb.local();
 
     let in_channel = ix(g) * dims.in_per_group as i64 + ix(ci);
-    let positions = window_positions(
-        &out,
-        &window,
-        &conv.stride,
-        &conv.dilation,
-        &dims.pad_before,
-    );
-    let dy_at = [vec![ix(n), ix(co)], ixs(&out)].concat();
-    let x_at = [vec![ix(n), in_channel], positions].concat();
-    let multiply_add = set(acc, fma(dy.load(&dy_at), t.x.load(&x_at), local(acc)));
-    let inner = kb.guarded(&dims.bounds(conv, &out, &window), vec![multiply_add]);
-
-    let dw_at = [vec![ix(co), ix(ci)], ixs(&window)].concat();
-    let per_weight = vec![
-        set(acc, cst(0.0)),
-        kb.for_(n, kb.nest(&out, inner)),
-        dw.store(&dw_at, local(acc)),
-    ];
+    let offsets: Vec<i64> = (0..conv.kernel[last] as i64).collect();
+    let mut per_weights = Vec::new();
+    for chunk in offsets.chunks(MAX_ACCUMULATORS) {
+        let n = kb.var(dims.batch);
+        let out = kb.vars(&dims.out_spatial[..last]);
+        let mut rows = Vec::new();
+        for segment in dims.segments(conv) {
+            let (v, o) = segment.var(&mut kb);
+            let dy_at = [vec![ix(n), ix(co)], ixs(&out), vec![o.clone()]].concat();
+            let mut body = vec![set(gradient, dy.load(&dy_at))];
+            for (&acc, &k) in accs.iter().zip(chunk) {
+                let position = dims.last_position(conv, o.clone(), Index::default() + k);
+                let x_at = [
+                    vec![ix(n), in_channel.clone()],
+                    input_positions(conv, &dims, &out, &window, position.clone()),
+                ]
+                .concat();
+                let update = set(acc, fma(local(gradient), t.x.load(&x_at), local(acc)));
+                body.extend(match segment.guarded {
+                    true => kb.guarded(&[(position, dims.in_spatial[last])], vec![update]),
+                    false => vec![update],
+                });
+            }
+            rows.push(kb.for_(v, body));
+        }
+        let rows = kb.guarded(&outer_bounds(conv, &dims, &out, &window), rows);
+        per_weights.extend(accs.iter().map(|&acc| set(acc, cst(0.0))));
+        per_weights.push(kb.for_(n, kb.nest(&out, rows)));
+        for (&acc, &k) in accs.iter().zip(chunk) {
+            let dw_at = [
+                vec![ix(co), ix(ci)],
+                ixs(&window),
+                vec![Index::default() + k],
+            ]
+            .concat();
+            per_weights.push(dw.store(&dw_at, local(acc)));
+        }
+    }
     let in_group = ix(co) - ix(g) * dims.out_per_group as i64;
-    let group_body = vec![kb.for_(ci, kb.nest(&window, per_weight))];
+    let group_body = vec![kb.for_(ci, kb.nest(&window, per_weights))];
     let body = kb.for_(g, kb.guarded(&[(in_group, dims.out_per_group)], group_body));
     let top = kb.parallel_for(co, vec![body]);
     kb.finish(vec![top])

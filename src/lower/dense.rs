@@ -1,7 +1,12 @@
 //! Fully connected layer (`nn.Linear`): `y = x Wᵀ + b` with `x [N, F]`, `W [U, F]`, `y [N, U]`.
+//!
+//! Loop orders for speed: no kernel reduces through a single accumulator in its innermost loop
+//! (each FMA would wait for the previous one). The forward keeps [`UNITS_PER_BLOCK`] independent
+//! accumulators; the gradients stream along rows of `W`, `x` and `dx`. Every sum still runs over
+//! its index in order, so the results do not depend on the blocking or the thread count.
 
 use super::builder::{cst, fma, ix, local, set, KernelBuilder, Tensor};
-use super::loops::Kernel;
+use super::loops::{Kernel, Local, Stmt};
 use crate::ir::Dense;
 
 /// The tensors of one dense layer; `x` is viewed as `[N, F]` whatever its shape (flatten aliases).
@@ -12,33 +17,52 @@ pub struct DenseTensors<'a> {
     pub y: &'a Tensor,
 }
 
-/// `y[n, u] = b[u] + Σ_f x[n, f] · W[u, f]`, parallel over the batch.
+/// Units whose dot products run side by side in the forward kernel, sharing each `x` load:
+/// enough independent FMAs to hide their latency, few enough to stay in registers.
+const UNITS_PER_BLOCK: usize = 8;
+
+/// `y[n, u] = b[u] + Σ_f x[n, f] · W[u, f]`, parallel over the batch; units in blocks of
+/// [`UNITS_PER_BLOCK`] (then one block of the rest), one accumulator each.
 pub fn forward(name: &str, dense: &Dense, t: &DenseTensors) -> Kernel {
     let x = t.x.rows();
     let mut kb = KernelBuilder::new(format!("{name}.forward"));
-    let (n, u, f) = (
-        kb.var(x.dims[0]),
-        kb.var(dense.units),
-        kb.var(dense.in_features),
-    );
-    let acc = kb.local();
-    let start = t.bias.map_or(cst(0.0), |b| b.load(&[ix(u)]));
-    let per_unit = vec![
-        set(acc, start),
-        kb.for_(
-            f,
-            vec![set(
-                acc,
-                fma(
-                    x.load(&[ix(n), ix(f)]),
-                    t.weight.load(&[ix(u), ix(f)]),
-                    local(acc),
-                ),
-            )],
+    let n = kb.var(x.dims[0]);
+    let accs: Vec<Local> = (0..UNITS_PER_BLOCK.min(dense.units))
+        .map(|_| kb.local())
+        .collect();
+    let input = kb.local();
+    let full_blocks = dense.units / UNITS_PER_BLOCK;
+    let blocks = [
+        (full_blocks, UNITS_PER_BLOCK, 0),
+        (
+            1,
+            dense.units % UNITS_PER_BLOCK,
+            full_blocks * UNITS_PER_BLOCK,
         ),
-        t.y.store(&[ix(n), ix(u)], local(acc)),
     ];
-    let top = kb.parallel_for(n, vec![kb.for_(u, per_unit)]);
+    let mut per_sample = Vec::new();
+    for (count, width, first) in blocks {
+        if count == 0 || width == 0 {
+            continue;
+        }
+        let (block, f) = (kb.var(count), kb.var(dense.in_features));
+        let unit = |j: usize| ix(block) * UNITS_PER_BLOCK as i64 + (first + j) as i64;
+        let mut body: Vec<Stmt> = (0..width)
+            .map(|j| {
+                let start = t.bias.map_or(cst(0.0), |b| b.load(&[unit(j)]));
+                set(accs[j], start)
+            })
+            .collect();
+        let mut step = vec![set(input, x.load(&[ix(n), ix(f)]))];
+        step.extend((0..width).map(|j| {
+            let w = t.weight.load(&[unit(j), ix(f)]);
+            set(accs[j], fma(local(input), w, local(accs[j])))
+        }));
+        body.push(kb.for_(f, step));
+        body.extend((0..width).map(|j| t.y.store(&[ix(n), unit(j)], local(accs[j]))));
+        per_sample.push(kb.for_(block, body));
+    }
+    let top = kb.parallel_for(n, per_sample);
     kb.finish(vec![top])
 }
 
@@ -61,36 +85,36 @@ pub fn backward(
     kernels
 }
 
-/// `dx[n, f] += Σ_u dy[n, u] · W[u, f]`, parallel over the batch.
+/// `dx[n, f] += dy[n, u] · W[u, f]` for `u` in order, `f` innermost (a row of `W` and of `dx`),
+/// parallel over the batch.
 fn backward_input(name: &str, dense: &Dense, t: &DenseTensors, dy: &Tensor, dx: &Tensor) -> Kernel {
     let dx = dx.rows();
     let mut kb = KernelBuilder::new(format!("{name}.backward_input"));
-    let (n, f, u) = (
+    let (n, u, f) = (
         kb.var(dx.dims[0]),
-        kb.var(dense.in_features),
         kb.var(dense.units),
+        kb.var(dense.in_features),
     );
-    let acc = kb.local();
-    let per_feature = vec![
-        set(acc, cst(0.0)),
-        kb.for_(
-            u,
-            vec![set(
-                acc,
-                fma(
-                    dy.load(&[ix(n), ix(u)]),
-                    t.weight.load(&[ix(u), ix(f)]),
-                    local(acc),
-                ),
-            )],
+    let gradient = kb.local();
+    let dx_at = [ix(n), ix(f)];
+    let update = dx.store(
+        &dx_at,
+        fma(
+            local(gradient),
+            t.weight.load(&[ix(u), ix(f)]),
+            dx.load(&dx_at),
         ),
-        dx.accumulate(&[ix(n), ix(f)], local(acc)),
+    );
+    let per_unit = vec![
+        set(gradient, dy.load(&[ix(n), ix(u)])),
+        kb.for_(f, vec![update]),
     ];
-    let top = kb.parallel_for(n, vec![kb.for_(f, per_feature)]);
+    let top = kb.parallel_for(n, vec![kb.for_(u, per_unit)]);
     kb.finish(vec![top])
 }
 
-/// `dW[u, f] = Σ_n dy[n, u] · x[n, f]`, parallel over units, the batch summed in order inside.
+/// `dW[u, f] = Σ_n dy[n, u] · x[n, f]`, parallel over units: the row `dW[u]` is zeroed, then
+/// each sample adds `dy[n, u] · x[n]` along it, in batch order.
 fn backward_weight(
     name: &str,
     dense: &Dense,
@@ -100,28 +124,29 @@ fn backward_weight(
 ) -> Kernel {
     let x = t.x.rows();
     let mut kb = KernelBuilder::new(format!("{name}.backward_weight"));
-    let (u, f, n) = (
+    let (u, clear, n, f) = (
         kb.var(dense.units),
         kb.var(dense.in_features),
         kb.var(x.dims[0]),
+        kb.var(dense.in_features),
     );
-    let acc = kb.local();
-    let per_weight = vec![
-        set(acc, cst(0.0)),
+    let gradient = kb.local();
+    let dw_at = [ix(u), ix(f)];
+    let update = dw.store(
+        &dw_at,
+        fma(local(gradient), x.load(&[ix(n), ix(f)]), dw.load(&dw_at)),
+    );
+    let per_unit = vec![
+        kb.for_(clear, vec![dw.store(&[ix(u), ix(clear)], cst(0.0))]),
         kb.for_(
             n,
-            vec![set(
-                acc,
-                fma(
-                    dy.load(&[ix(n), ix(u)]),
-                    x.load(&[ix(n), ix(f)]),
-                    local(acc),
-                ),
-            )],
+            vec![
+                set(gradient, dy.load(&[ix(n), ix(u)])),
+                kb.for_(f, vec![update]),
+            ],
         ),
-        dw.store(&[ix(u), ix(f)], local(acc)),
     ];
-    let top = kb.parallel_for(u, vec![kb.for_(f, per_weight)]);
+    let top = kb.parallel_for(u, per_unit);
     kb.finish(vec![top])
 }
 
