@@ -195,7 +195,7 @@ pub fn forward(name: &str, conv: &Conv, t: &ConvTensors) -> Kernel {
 /// The gradient kernels: `dx` (if the input needs one), `dw`, and `db` (if there is a bias).
 ///
 /// `dx` is accumulated (the plan zeroes it first), parallel over the batch: gathered along input
-/// rows when every stride is 1, else scattered from output rows. `dw` and `db` reduce over the batch and the
+/// rows when every stride is 1 and there is padding, else scattered from output rows. `dw` and `db` reduce over the batch and the
 /// output positions inside one iteration of the parallel output-channel loop, in a fixed order.
 pub fn backward(
     name: &str,
@@ -206,9 +206,13 @@ pub fn backward(
     dweight: &Tensor,
     dbias: Option<&Tensor>,
 ) -> Vec<Kernel> {
+    // The scatter's writes stay inside their image (the JIT proves the batch loop disjoint)
+    // unless padding shifts them; its inner loop needs no guard without padding, while the
+    // gather's edges (taps that miss the output) are as wide as the kernel.
     let unit_strides = conv.stride.iter().all(|&s| s == 1);
+    let padded = conv.padding.iter().any(|&(before, _)| before > 0);
     let mut kernels: Vec<Kernel> = dx
-        .map(|dx| match unit_strides {
+        .map(|dx| match unit_strides && padded {
             true => backward_input_gather(name, conv, t, dy, dx),
             false => backward_input_scatter(name, conv, t, dy, dx),
         })
