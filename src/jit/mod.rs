@@ -23,6 +23,7 @@ mod disjoint;
 mod math;
 mod pieces;
 mod translate;
+mod vector;
 
 #[cfg(test)]
 mod random_kernels;
@@ -146,6 +147,20 @@ struct CompiledPiece {
     parallel_extent: Option<usize>,
 }
 
+/// Choices of how kernels are compiled; [`Compiled::new`] uses the default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CompileOptions {
+    /// Run legal innermost loops four iterations at a time in `f32x4` (`vector.rs`). The
+    /// results are bitwise the same either way; `false` exists to test and measure that.
+    pub vectorize: bool,
+}
+
+impl Default for CompileOptions {
+    fn default() -> CompileOptions {
+        CompileOptions { vectorize: true }
+    }
+}
+
 /// Every kernel of a plan, compiled; the machine code lives as long as this value.
 pub struct Compiled {
     /// Only used to free the code on drop.
@@ -166,6 +181,15 @@ impl Compiled {
     /// error, not a panic) a kernel that names a buffer outside the table, or whose loads or
     /// stores can leave their buffer (see `bounds.rs` for what is proven and how).
     pub fn new(kernels: &[Kernel], buffer_lens: &[usize]) -> Result<Compiled, JitError> {
+        Compiled::with_options(kernels, buffer_lens, CompileOptions::default())
+    }
+
+    /// [`Compiled::new`] with explicit [`CompileOptions`].
+    pub fn with_options(
+        kernels: &[Kernel],
+        buffer_lens: &[usize],
+        options: CompileOptions,
+    ) -> Result<Compiled, JitError> {
         let start = Instant::now();
         let mut all_pieces = Vec::with_capacity(kernels.len());
         for kernel in kernels {
@@ -180,7 +204,7 @@ impl Compiled {
             message,
         })?;
         let mut module = JITModule::new(JITBuilder::with_isa(isa, default_libcall_names()));
-        let ids = match define_pieces(&mut module, kernels, &all_pieces) {
+        let ids = match define_pieces(&mut module, kernels, &all_pieces, options) {
             Ok(ids) => ids,
             Err(error) => {
                 // SAFETY: no pointer into the module's code was handed out.
@@ -334,6 +358,7 @@ pub fn clif_text(kernel: &Kernel, buffer_lens: &[usize]) -> Result<String, JitEr
             kernel,
             *piece,
             isa.frontend_config(),
+            CompileOptions::default(),
         );
         let what = match piece {
             Piece::Sequential(_) => "sequential".to_string(),
@@ -353,6 +378,7 @@ fn define_pieces(
     module: &mut JITModule,
     kernels: &[Kernel],
     all_pieces: &[Vec<Piece>],
+    options: CompileOptions,
 ) -> Result<Vec<Vec<cranelift_module::FuncId>>, JitError> {
     let signature = translate::piece_signature(
         module.isa().default_call_conv(),
@@ -379,6 +405,7 @@ fn define_pieces(
                 kernel,
                 *piece,
                 frontend_config,
+                options,
             );
             module
                 .define_function(id, &mut context)

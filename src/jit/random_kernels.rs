@@ -25,7 +25,7 @@ const TOTAL: BufId = BufId(4);
 const ROW_VAR: Var = Var(0);
 
 /// SplitMix64: a fixed, seedable sequence, so a failure is reproduced by its seed.
-struct Rng(u64);
+pub(super) struct Rng(pub(super) u64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
@@ -36,19 +36,19 @@ impl Rng {
         z ^ (z >> 31)
     }
 
-    fn below(&mut self, n: usize) -> usize {
+    pub(super) fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
     }
 
-    fn range(&mut self, lo: i64, hi: i64) -> i64 {
+    pub(super) fn range(&mut self, lo: i64, hi: i64) -> i64 {
         lo + self.below((hi - lo + 1) as usize) as i64
     }
 
-    fn chance(&mut self, percent: usize) -> bool {
+    pub(super) fn chance(&mut self, percent: usize) -> bool {
         self.below(100) < percent
     }
 
-    fn value(&mut self) -> f32 {
+    pub(super) fn value(&mut self) -> f32 {
         self.range(-40, 40) as f32 / 8.0 + 0.0625
     }
 }
@@ -276,7 +276,7 @@ impl Generator {
     }
 }
 
-fn same(a: &[f32], b: &[f32]) -> bool {
+pub(super) fn same(a: &[f32], b: &[f32]) -> bool {
     a.len() == b.len()
         && a.iter()
             .zip(b)

@@ -18,6 +18,8 @@ use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
 
 use super::math;
 use super::pieces::{used_buffers, used_locals, Piece};
+use super::vector;
+use super::CompileOptions;
 use crate::lower::loops::{BinOp, BufId, CmpOp, Cond, Expr, Index, Kernel, Loop, Stmt, UnOp};
 
 /// The signature of every generated function: `(table, lo, hi)`.
@@ -37,6 +39,7 @@ pub(crate) fn translate_piece(
     kernel: &Kernel,
     piece: Piece,
     frontend_config: TargetFrontendConfig,
+    options: CompileOptions,
 ) {
     let pointer_type = frontend_config.pointer_type();
     let mut builder = FunctionBuilder::new(func, builder_context);
@@ -77,6 +80,7 @@ pub(crate) fn translate_piece(
         bases,
         vars,
         locals,
+        vectorize: options.vectorize,
     };
     match piece {
         Piece::Sequential(stmts) => translator.translate_stmts(stmts),
@@ -86,16 +90,19 @@ pub(crate) fn translate_piece(
     translator.builder.finalize(frontend_config);
 }
 
-struct Translator<'a> {
-    builder: FunctionBuilder<'a>,
+/// The state of one piece's translation; `vector.rs` adds the `f32x4` methods.
+pub(super) struct Translator<'a> {
+    pub(super) builder: FunctionBuilder<'a>,
     /// Base pointer of each buffer the piece uses, by `BufId`.
     bases: Vec<Option<Value>>,
-    vars: Vec<Variable>,
+    pub(super) vars: Vec<Variable>,
     locals: Vec<Variable>,
+    /// Whether innermost loops are vectorised when legal (`vector.rs`).
+    vectorize: bool,
 }
 
 impl Translator<'_> {
-    fn translate_stmts(&mut self, stmts: &[Stmt]) {
+    pub(super) fn translate_stmts(&mut self, stmts: &[Stmt]) {
         for stmt in stmts {
             self.translate_stmt(stmt);
         }
@@ -133,6 +140,10 @@ impl Translator<'_> {
 
     /// `for var in start .. end { body }`, bottom-tested; `may_be_empty` adds the entry test.
     fn translate_counted_loop(&mut self, lp: &Loop, start: Value, end: Value, may_be_empty: bool) {
+        if self.vectorize && vector::is_vectorizable(lp) {
+            self.translate_vectorized_loop(lp, start, end);
+            return;
+        }
         let var = self.vars[lp.var.0 as usize];
         let body_block = self.builder.create_block();
         let exit_block = self.builder.create_block();
@@ -178,7 +189,7 @@ impl Translator<'_> {
     }
 
     /// An `i8` that is 1 when `cond` holds.
-    fn translate_cond(&mut self, cond: &Cond) -> Value {
+    pub(super) fn translate_cond(&mut self, cond: &Cond) -> Value {
         match cond {
             Cond::InBounds(index, bound) => {
                 // 0 <= i < n as one unsigned comparison: a negative i is a huge unsigned one.
@@ -200,7 +211,7 @@ impl Translator<'_> {
         }
     }
 
-    fn translate_expr(&mut self, expr: &Expr) -> Value {
+    pub(super) fn translate_expr(&mut self, expr: &Expr) -> Value {
         match expr {
             Expr::Const(c) => self.builder.ins().f32const(*c),
             Expr::Load(buf, index) => self.translate_load(*buf, index),
@@ -233,7 +244,7 @@ impl Translator<'_> {
         }
     }
 
-    fn translate_unary(&mut self, op: UnOp, a: Value) -> Value {
+    pub(super) fn translate_unary(&mut self, op: UnOp, a: Value) -> Value {
         match op {
             UnOp::Neg => self.builder.ins().fneg(a),
             UnOp::Exp => math::translate_exp(&mut self.builder, a),
@@ -243,7 +254,7 @@ impl Translator<'_> {
         }
     }
 
-    fn translate_binary(&mut self, op: BinOp, a: Value, b: Value) -> Value {
+    pub(super) fn translate_binary(&mut self, op: BinOp, a: Value, b: Value) -> Value {
         match op {
             BinOp::Add => self.builder.ins().fadd(a, b),
             BinOp::Sub => self.builder.ins().fsub(a, b),
@@ -271,7 +282,7 @@ impl Translator<'_> {
     /// `(base + Σ 4·coeff·var, 4·offset)`: the constant byte offset goes in the instruction
     /// when it fits in 32 bits. The checker proved the whole sum in bounds, not each part, so
     /// the parts are computed with wrapping arithmetic, as the machine adds them.
-    fn translate_address(&mut self, buf: BufId, index: &Index) -> (Value, i32) {
+    pub(super) fn translate_address(&mut self, buf: BufId, index: &Index) -> (Value, i32) {
         let base = self.bases[buf.0 as usize].expect("used_buffers lists every accessed buffer");
         let f32_bytes = i64::from(types::F32.bytes());
         let mut address = base;
@@ -291,7 +302,7 @@ impl Translator<'_> {
     }
 
     /// The `i64` value `Σ coeff·var + offset`.
-    fn translate_index(&mut self, index: &Index) -> Value {
+    pub(super) fn translate_index(&mut self, index: &Index) -> Value {
         let mut sum = self.builder.ins().iconst(types::I64, index.offset);
         for &(var, coeff) in &index.terms {
             let value = self.builder.use_var(self.vars[var.0 as usize]);
@@ -303,7 +314,7 @@ impl Translator<'_> {
 }
 
 /// IEEE comparisons: false when either side is NaN, except `Ne`, which is true (as in Rust).
-fn float_cc(op: CmpOp) -> FloatCC {
+pub(super) fn float_cc(op: CmpOp) -> FloatCC {
     match op {
         CmpOp::Lt => FloatCC::LessThan,
         CmpOp::Le => FloatCC::LessThanOrEqual,
