@@ -22,6 +22,36 @@
 //!
 //! Later speed work (retiling, NCHWc layouts, micro-kernels) changes what ops lower to, not
 //! this vocabulary's meaning; new statement kinds are added here with their semantics.
+//!
+//! ## Contraction nests
+//!
+//! Contractions (conv forward and gradients, dense) are lowered to loops of one fixed shape,
+//! which the JIT recognises and runs register-blocked (`jit/blocked.rs`): several output
+//! elements at once, each in its own register, `f32x4` along the *lane* loop. Blocking changes
+//! only which outputs are computed side by side, never the order of any one output's sum, so the
+//! results are bitwise those of the plain reading of the loops (the interpreter's):
+//!
+//! ```text
+//! for i in 0..I {                        // rows (optional): blocked by unrolling
+//!     for j in 0..J {                    // lanes: vectorised
+//!         Let(acc, init)
+//!         for r1 in 0..R1 { … for rk in 0..Rk {          // reduction loops, perfectly nested
+//!             Let(acc, Fma(a, b, Local(acc)))
+//!         } … }
+//!         Store(out, o, epilogue)
+//!     }
+//! }
+//! ```
+//!
+//! - `a` and `b` use no local (usually each is a `Load`); `init` uses no local and no reduction
+//!   variable; `epilogue` uses no reduction variable and reads the sum as `Local(acc)` (e.g.
+//!   `acc`, `max(acc, 0)`); `acc` is used nowhere else in the kernel.
+//! - No expression of the nest reads `out`'s buffer, except `init`, and then only at exactly
+//!   `o` (so `init = Load(out, o)` accumulates into the output); `a` and `b` never read `out`.
+//! - The rows loop, when present, has the lanes loop as its whole body; it may be a kernel's
+//!   top-level `parallel` loop.
+//! - For speed the lowering puts on `j` an axis along which `o` and the operand that changes
+//!   with `j` have unit stride; an operand that does not depend on `j` is broadcast.
 
 /// A buffer of the plan's table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
