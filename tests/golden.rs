@@ -10,41 +10,18 @@
 //! a dozen layers of that stay within a few 1e-6 of values of order one. (The reference, which
 //! sums in f64, is held to 1e-5 in `src/reference/golden.rs`.)
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use cnnc::ir::{Graph, Loss};
+use cnnc::reference::fixtures::golden;
 use cnnc::runtime::engine::{Engine, Truth};
 use cnnc::span::SourceMap;
 use rand::rngs::ChaCha8Rng;
 use rand::SeedableRng;
-use safetensors::{Dtype, SafeTensors};
 
 const ABSOLUTE: f32 = 2e-5;
 const RELATIVE: f32 = 1e-4;
 const THREADS: usize = 2;
-
-/// Every tensor of `tests/golden/<name>.safetensors`, flat, with its shape.
-fn load_golden(name: &str) -> HashMap<String, (Vec<usize>, Vec<f32>)> {
-    let path = format!(
-        "{}/tests/golden/{name}.safetensors",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let file = SafeTensors::deserialize(&bytes).unwrap_or_else(|e| panic!("{path}: {e}"));
-    file.tensors()
-        .into_iter()
-        .map(|(key, view)| {
-            assert_eq!(view.dtype(), Dtype::F32, "{path}: {key} is not float32");
-            let values = view
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
-            (key, (view.shape().to_vec(), values))
-        })
-        .collect()
-}
 
 fn load_network(file: &str) -> Graph {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
@@ -82,23 +59,32 @@ impl Worst {
 
 /// Runs the engine on golden `name` (network in `file`) and compares all the golden holds.
 fn check(name: &str, file: &str) {
-    let golden = load_golden(name);
-    let get = |key: &str| {
+    let golden = golden(name);
+    let tensor = |key: &str| {
         golden
             .get(key)
             .unwrap_or_else(|| panic!("{name}: no tensor {key}"))
     };
+    let get = |key: &str| {
+        tensor(key)
+            .as_slice()
+            .expect("golden tensors are contiguous")
+    };
     let graph = load_network(file);
-    let (input_shape, input) = get("input");
-    let batch = input_shape[0];
-    let labels: Vec<u32> = get("labels").1.iter().map(|&l| l as u32).collect();
+    let input = get("input");
+    let batch = tensor("input").shape()[0];
+    let labels: Vec<u32> = get("labels").iter().map(|&l| l as u32).collect();
     let params: Vec<&[f32]> = graph
         .params
         .iter()
         .map(|p| {
-            let (shape, values) = get(&p.name);
-            assert_eq!(shape, &p.shape, "{name}: shape of {}", p.name);
-            values.as_slice()
+            assert_eq!(
+                tensor(&p.name).shape(),
+                p.shape,
+                "{name}: shape of {}",
+                p.name
+            );
+            get(&p.name)
         })
         .collect();
 
@@ -106,7 +92,7 @@ fn check(name: &str, file: &str) {
     let mut worst = Worst::default();
     engine.set_params(&params).expect("parameters fit");
     let output = engine.infer(input).expect("inference runs");
-    worst.compare(output, &get("output_infer").1, "inference output");
+    worst.compare(output, get("output_infer"), "inference output");
 
     // The golden networks have no dropout, so the generator is never drawn from.
     let loss = engine
@@ -116,16 +102,16 @@ fn check(name: &str, file: &str) {
             &mut ChaCha8Rng::seed_from_u64(0),
         )
         .expect("training step runs");
-    worst.compare(engine.output(), &get("output_train").1, "training output");
-    worst.compare(&[loss], &get("loss").1, "loss");
+    worst.compare(engine.output(), get("output_train"), "training output");
+    worst.compare(&[loss], get("loss"), "loss");
     for ((param, grad), after) in graph.params.iter().zip(engine.grads()).zip(engine.params()) {
         if param.kind.trainable() {
             let grad = grad.unwrap_or_else(|| panic!("{name}: no gradient of {}", param.name));
             let key = format!("grad.{}", param.name);
-            worst.compare(grad, &get(&key).1, &key);
+            worst.compare(grad, get(&key), &key);
         } else {
             let key = format!("running_after.{}", param.name);
-            worst.compare(after, &get(&key).1, &key);
+            worst.compare(after, get(&key), &key);
         }
     }
     println!(

@@ -9,14 +9,12 @@ mod support;
 
 use std::path::Path;
 
-use cnnc::ir::{
-    Activation, BatchNorm, Conv, Dense, Graph, Loss, Node, NodeId, Op, Param, ParamId, ParamKind,
-    Pool, PoolKind, Shape,
-};
+use cnnc::ir::{Activation, Conv, Graph, Loss, NodeId, Op, ParamId, ParamKind, Pool, PoolKind};
 use cnnc::lower::loops::{BufId, Kernel};
 use cnnc::lower::{plan, BufferRole, Plan};
+use cnnc::reference::fixtures::{plain_conv, GraphBuilder};
 use cnnc::reference::{self, Mode};
-use cnnc::span::{SourceMap, Span};
+use cnnc::span::SourceMap;
 use ndarray::{ArrayD, IxDyn};
 use support::{Rng, Twin, ATOL, GRAPH_RTOL};
 
@@ -25,113 +23,20 @@ fn batched(batch: usize, shape: &[usize]) -> Vec<usize> {
     [&[batch][..], shape].concat()
 }
 
-/// Builds graphs by hand (the test states every shape; the reference checks them).
-struct GraphBuilder {
-    graph: Graph,
-}
-
-impl GraphBuilder {
-    fn new(input: &[usize]) -> GraphBuilder {
-        let mut b = GraphBuilder {
-            graph: Graph {
-                name: "test".into(),
-                nodes: Vec::new(),
-                params: Vec::new(),
-                output: NodeId(0),
-                train: None,
-                span: Span::default(),
-            },
-        };
-        b.node("input", Op::Input, &[], input);
-        b
-    }
-
-    fn node(&mut self, name: &str, op: Op, inputs: &[NodeId], shape: &[usize]) -> NodeId {
-        self.graph.nodes.push(Node {
-            op,
-            inputs: inputs.to_vec(),
-            shape: Shape(shape.to_vec()),
-            span: Span::default(),
-            name: name.into(),
-        });
-        self.graph.output = NodeId(self.graph.nodes.len() as u32 - 1);
-        self.graph.output
-    }
-
-    fn param(&mut self, node: &str, kind: ParamKind, shape: &[usize]) -> ParamId {
-        self.graph.params.push(Param {
-            name: format!("{node}.{}", kind.suffix()),
-            shape: shape.to_vec(),
-            kind,
-            node: NodeId(self.graph.nodes.len() as u32),
-        });
-        ParamId(self.graph.params.len() as u32 - 1)
-    }
-
-    /// A 2-D convolution with bias, `kernel`×`kernel`, symmetric `padding`, stride 1.
-    #[allow(clippy::too_many_arguments)]
-    fn conv(
-        &mut self,
-        name: &str,
-        input: NodeId,
-        channels: (usize, usize),
-        kernel: usize,
-        padding: usize,
-        groups: usize,
-        shape: &[usize],
-    ) -> NodeId {
-        let (cin, cout) = channels;
-        let weight = self.param(
-            name,
-            ParamKind::Weight,
-            &[cout, cin / groups, kernel, kernel],
-        );
-        let bias = Some(self.param(name, ParamKind::Bias, &[cout]));
-        let conv = Conv {
-            in_channels: cin,
-            out_channels: cout,
-            kernel: vec![kernel; 2],
-            stride: vec![1; 2],
-            padding: vec![(padding, padding); 2],
-            dilation: vec![1; 2],
-            groups,
-            weight,
-            bias,
-        };
-        self.node(name, Op::Conv(conv), &[input], shape)
-    }
-
-    fn batchnorm(&mut self, name: &str, input: NodeId, shape: &[usize]) -> NodeId {
-        let c = [shape[0]];
-        let bn = BatchNorm {
-            channels: shape[0],
-            eps: 1e-5,
-            momentum: 0.1,
-            weight: self.param(name, ParamKind::Weight, &c),
-            bias: self.param(name, ParamKind::Bias, &c),
-            running_mean: self.param(name, ParamKind::RunningMean, &c),
-            running_var: self.param(name, ParamKind::RunningVar, &c),
-        };
-        self.node(name, Op::BatchNorm(bn), &[input], shape)
-    }
-
-    fn dense(&mut self, name: &str, input: NodeId, in_features: usize, units: usize) -> NodeId {
-        let dense = Dense {
-            in_features,
-            units,
-            weight: self.param(name, ParamKind::Weight, &[units, in_features]),
-            bias: Some(self.param(name, ParamKind::Bias, &[units])),
-        };
-        self.node(name, Op::Dense(dense), &[input], &[units])
-    }
-}
-
 /// input [2, 4, 4] → conv → batchnorm → tanh, concatenated with a max pool of the input; that
 /// concat is added to a grouped 1×1 conv of itself (one value, two consumers, one through an
 /// identity), average pooling, dropout, flatten, dense 3.
 fn branching_graph() -> Graph {
     let mut b = GraphBuilder::new(&[2, 4, 4]);
-    let c1 = b.conv("conv1", NodeId(0), (2, 3), 3, 1, 1, &[3, 4, 4]);
+    let c1 = b.conv(
+        "conv1",
+        NodeId(0),
+        Conv {
+            padding: vec![(1, 1); 2],
+            ..plain_conv(2, 3, 3, 2)
+        },
+        &[3, 4, 4],
+    );
     let bn = b.batchnorm("batchnorm1", c1, &[3, 4, 4]);
     let t = b.node("tanh1", Op::Activation(Activation::Tanh), &[bn], &[3, 4, 4]);
     let max = Pool {
@@ -142,7 +47,15 @@ fn branching_graph() -> Graph {
     };
     let mp = b.node("maxpool1", Op::Pool(max), &[NodeId(0)], &[2, 4, 4]);
     let cat = b.node("concat1", Op::Concat, &[t, mp], &[5, 4, 4]);
-    let c2 = b.conv("conv2", cat, (5, 5), 1, 0, 5, &[5, 4, 4]);
+    let c2 = b.conv(
+        "conv2",
+        cat,
+        Conv {
+            groups: 5,
+            ..plain_conv(5, 5, 1, 2)
+        },
+        &[5, 4, 4],
+    );
     let same = b.node("identity1", Op::Identity, &[cat], &[5, 4, 4]);
     let sum = b.node("add1", Op::Add, &[same, c2], &[5, 4, 4]);
     let avg = Pool {

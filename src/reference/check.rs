@@ -4,14 +4,10 @@
 //! Every backward is checked the same way: pick a random `r` of the output's shape, take the
 //! scalar objective `sum(y · r)`, whose gradient with respect to `y` is `r`; then the analytic
 //! gradient from `backward(.., gy = r)` must match the central differences of the objective.
-//! Graphs for the tests are built by hand with [`GraphBuilder`].
+//! Graphs for the tests are built by hand with [`GraphBuilder`](super::fixtures::GraphBuilder)
+//! (in `fixtures.rs`, shared with the integration tests).
 
 use ndarray::{ArrayD, Dimension, IxDyn};
-
-use crate::ir::{
-    BatchNorm, Conv, Dense, Graph, Node, NodeId, Op, Param, ParamId, ParamKind, Shape,
-};
-use crate::span::Span;
 
 /// Step of the central differences. The perturbed inputs are f32, so the step actually taken
 /// (`x + h` rounded minus `x − h` rounded) is what the difference is divided by.
@@ -128,117 +124,6 @@ pub fn assert_all_close(actual: &ArrayD<f32>, expected: &ArrayD<f32>, tolerance:
             "{what}: element {:?} is {a}, expected {e}",
             index.slice()
         );
-    }
-}
-
-/// Builds an [`ir::Graph`](Graph) by hand: the test writes every node's name and shape; the
-/// reference's forward checks the shapes it computes against them.
-pub struct GraphBuilder {
-    pub graph: Graph,
-}
-
-impl GraphBuilder {
-    /// A graph holding only its input node, `[C, *S]`.
-    pub fn new(input: &[usize]) -> GraphBuilder {
-        let mut builder = GraphBuilder {
-            graph: Graph {
-                name: "test".into(),
-                nodes: Vec::new(),
-                params: Vec::new(),
-                output: NodeId(0),
-                train: None,
-                span: Span::default(),
-            },
-        };
-        builder.node("input", Op::Input, &[], input);
-        builder
-    }
-
-    /// Appends a node; the latest node is the graph's output.
-    pub fn node(&mut self, name: &str, op: Op, inputs: &[NodeId], shape: &[usize]) -> NodeId {
-        let id = NodeId(self.graph.nodes.len() as u32);
-        self.graph.nodes.push(Node {
-            op,
-            inputs: inputs.to_vec(),
-            shape: Shape(shape.to_vec()),
-            span: Span::default(),
-            name: name.into(),
-        });
-        self.graph.output = id;
-        id
-    }
-
-    /// A parameter `<node>.<suffix>` of the node about to be appended.
-    fn param(&mut self, node: &str, kind: ParamKind, shape: &[usize]) -> ParamId {
-        self.graph.params.push(Param {
-            name: format!("{node}.{}", kind.suffix()),
-            shape: shape.to_vec(),
-            kind,
-            node: NodeId(self.graph.nodes.len() as u32),
-        });
-        ParamId(self.graph.params.len() as u32 - 1)
-    }
-
-    /// A convolution with a bias; `conv`'s parameter ids are replaced by new parameters.
-    pub fn conv(&mut self, name: &str, input: NodeId, conv: Conv, shape: &[usize]) -> NodeId {
-        let weight_shape: Vec<usize> = [conv.out_channels, conv.in_channels / conv.groups]
-            .into_iter()
-            .chain(conv.kernel.iter().copied())
-            .collect();
-        let weight = self.param(name, ParamKind::Weight, &weight_shape);
-        let bias = Some(self.param(name, ParamKind::Bias, &[conv.out_channels]));
-        self.node(
-            name,
-            Op::Conv(Conv {
-                weight,
-                bias,
-                ..conv
-            }),
-            &[input],
-            shape,
-        )
-    }
-
-    /// A batchnorm with PyTorch's defaults (eps 1e-5, momentum 0.1) over `shape[0]` channels.
-    pub fn batchnorm(&mut self, name: &str, input: NodeId, shape: &[usize]) -> NodeId {
-        let channels = [shape[0]];
-        let bn = BatchNorm {
-            channels: shape[0],
-            eps: 1e-5,
-            momentum: 0.1,
-            weight: self.param(name, ParamKind::Weight, &channels),
-            bias: self.param(name, ParamKind::Bias, &channels),
-            running_mean: self.param(name, ParamKind::RunningMean, &channels),
-            running_var: self.param(name, ParamKind::RunningVar, &channels),
-        };
-        self.node(name, Op::BatchNorm(bn), &[input], shape)
-    }
-
-    /// A dense layer with a bias.
-    pub fn dense(&mut self, name: &str, input: NodeId, in_features: usize, units: usize) -> NodeId {
-        let dense = Dense {
-            in_features,
-            units,
-            weight: self.param(name, ParamKind::Weight, &[units, in_features]),
-            bias: Some(self.param(name, ParamKind::Bias, &[units])),
-        };
-        self.node(name, Op::Dense(dense), &[input], &[units])
-    }
-}
-
-/// A plain convolution over `axes` spatial axes (stride 1, no padding, dilation 1, one group);
-/// tests change fields with struct update syntax. The parameter ids are placeholders.
-pub fn plain_conv(in_channels: usize, out_channels: usize, kernel: usize, axes: usize) -> Conv {
-    Conv {
-        in_channels,
-        out_channels,
-        kernel: vec![kernel; axes],
-        stride: vec![1; axes],
-        padding: vec![(0, 0); axes],
-        dilation: vec![1; axes],
-        groups: 1,
-        weight: ParamId(0),
-        bias: None,
     }
 }
 

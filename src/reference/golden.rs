@@ -3,42 +3,15 @@
 //! inference and training mode: outputs, loss, every gradient and the updated running
 //! statistics. The graphs are built by hand so that this oracle check needs no front end.
 
-use std::collections::HashMap;
-
 use ndarray::{ArrayD, IxDyn};
-use safetensors::{Dtype, SafeTensors};
 
-use super::check::{plain_conv, GraphBuilder};
+use super::fixtures::{golden, plain_conv, GraphBuilder};
 use super::{backward, forward, loss, Mode};
 use crate::ir::{Activation, Conv, Graph, NodeId, Op, Pool, PoolKind};
 
 /// Largest allowed gap from the goldens. The reference rounds every node's value to f32
 /// (relative 6e-8) and sums in f64; through a dozen layers that stays well below 1e-5.
 const TOLERANCE: f32 = 1e-5;
-
-/// Every tensor of `tests/golden/<name>.safetensors`.
-fn load(name: &str) -> HashMap<String, ArrayD<f32>> {
-    let path = format!(
-        "{}/tests/golden/{name}.safetensors",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let file = SafeTensors::deserialize(&bytes).unwrap_or_else(|e| panic!("{path}: {e}"));
-    file.tensors()
-        .into_iter()
-        .map(|(key, view)| {
-            assert_eq!(view.dtype(), Dtype::F32, "{path}: {key} is not float32");
-            let values = view
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
-            let tensor = ArrayD::from_shape_vec(IxDyn(view.shape()), values)
-                .expect("safetensors checks sizes");
-            (key, tensor)
-        })
-        .collect()
-}
 
 fn close(actual: &ArrayD<f32>, expected: &ArrayD<f32>, what: &str) {
     assert_eq!(actual.shape(), expected.shape(), "{what}: shape");
@@ -52,7 +25,7 @@ fn close(actual: &ArrayD<f32>, expected: &ArrayD<f32>, what: &str) {
 
 /// Runs `graph` on the golden named `name` and compares everything the golden holds.
 fn check(graph: &Graph, name: &str) {
-    let golden = load(name);
+    let golden = golden(name);
     let get = |key: &str| {
         golden
             .get(key)

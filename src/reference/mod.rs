@@ -9,7 +9,9 @@
 //! gradients of values read by several nodes.
 //!
 //! Its own tests check every backward against central finite differences (helpers in
-//! `check.rs`) and whole graphs against the committed PyTorch goldens (`golden.rs`).
+//! `check.rs`) and whole graphs against the committed PyTorch goldens (`golden.rs`); the
+//! hand-built graphs and the golden loader they share with the integration tests are in
+//! `fixtures.rs`.
 //!
 //! The functions panic when given tensors that disagree with the graph (wrong count or shape
 //! of parameters, a missing dropout mask in training): those are mistakes of the calling code,
@@ -21,6 +23,7 @@ mod check;
 pub mod conv;
 pub mod dense;
 pub mod dropout;
+pub mod fixtures;
 #[cfg(test)]
 mod golden;
 pub mod join;
@@ -265,9 +268,8 @@ fn check_params(graph: &Graph, params: &[ArrayD<f32>]) {
 
 #[cfg(test)]
 mod tests {
-    use super::check::{
-        assert_gradient_close, distinct, numeric_gradient, plain_conv, uniform, GraphBuilder, Rng,
-    };
+    use super::check::{assert_gradient_close, distinct, numeric_gradient, uniform, Rng};
+    use super::fixtures::{plain_conv, GraphBuilder};
     use super::*;
     use crate::ir::{Activation, Conv, ParamKind, Pool, PoolKind};
 
