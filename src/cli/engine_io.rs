@@ -7,6 +7,7 @@ use std::path::Path;
 use super::Failure;
 use crate::diag::{Code, Diagnostic};
 use crate::ir::{Graph, Loss};
+use crate::runtime::engine::{Engine, EngineError};
 use crate::runtime::{checkpoint, tensors};
 use crate::span::SourceMap;
 
@@ -106,4 +107,27 @@ pub fn read_labels(path: &Path, batch: usize, classes: usize) -> Result<Vec<u32>
                 })
         })
         .collect()
+}
+
+/// An engine error as the command's failure.
+pub fn engine_failure(e: EngineError) -> Failure {
+    Failure::Runtime(e.to_string())
+}
+
+/// The start of `cnnc forward` and `cnnc grad`: the input batch read from `input`, and an
+/// engine for `graph` at that batch size holding the weights read from `weights`. Returns the
+/// engine, the input and the batch size.
+pub fn engine_with_weights(
+    graph: &Graph,
+    weights: &Path,
+    input: &Path,
+    loss: Loss,
+    threads: Option<usize>,
+) -> Result<(Engine, Vec<f32>, usize), Failure> {
+    let threads = set_threads(threads)?;
+    let params = read_weights(weights, graph)?;
+    let (input, batch) = read_input(input, graph)?;
+    let mut engine = Engine::new(graph, batch, loss, threads).map_err(engine_failure)?;
+    engine.set_params(&params).map_err(engine_failure)?;
+    Ok((engine, input, batch))
 }

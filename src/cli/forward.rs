@@ -5,9 +5,8 @@ use std::path::Path;
 
 use ndarray::{ArrayViewD, IxDyn};
 
-use super::engine_io::{load_one, loss_of, read_input, read_weights, set_threads};
+use super::engine_io::{engine_failure, engine_with_weights, load_one, loss_of};
 use super::Failure;
-use crate::runtime::engine::Engine;
 use crate::runtime::tensors;
 use crate::span::SourceMap;
 
@@ -23,13 +22,14 @@ pub struct Args<'a> {
 /// Runs the command; the text is a one-line summary for stdout.
 pub fn run(args: &Args, sources: &mut SourceMap) -> Result<String, Failure> {
     let graph = load_one(args.file, args.network, sources)?;
-    let threads = set_threads(args.threads)?;
-    let params = read_weights(args.weights, &graph)?;
-    let (input, batch) = read_input(args.input, &graph)?;
-    let runtime = |e: crate::runtime::engine::EngineError| Failure::Runtime(e.to_string());
-    let mut engine = Engine::new(&graph, batch, loss_of(&graph), threads).map_err(runtime)?;
-    engine.set_params(&params).map_err(runtime)?;
-    let output = engine.infer(&input).map_err(runtime)?;
+    let (mut engine, input, batch) = engine_with_weights(
+        &graph,
+        args.weights,
+        args.input,
+        loss_of(&graph),
+        args.threads,
+    )?;
+    let output = engine.infer(&input).map_err(engine_failure)?;
     let mut shape = vec![batch];
     shape.extend(&graph.output_shape().0);
     let view = ArrayViewD::from_shape(IxDyn(&shape), output)

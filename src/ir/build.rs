@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use super::args::bind;
-use super::eval::{eval, eval_args, expect_int, Scope};
+use super::eval::{defined_twice, eval, eval_args, expect_int, Scope};
 use super::layer::{self, InputSite, OPS};
 use super::names::Naming;
 use super::params;
@@ -46,14 +46,8 @@ pub fn build_program(program: &Program) -> diag::Result<Vec<Graph>> {
                 );
                 continue;
             } else if let Some(first) = user.insert(&b.name.name, b.name.span) {
-                errors.push(
-                    Diagnostic::error(
-                        Code::DuplicateDefinition,
-                        format!("block `{}` is defined twice", b.name.name),
-                    )
-                    .label(b.name.span, "defined again here")
-                    .label(first, "first defined here"),
-                );
+                let what = format!("block `{}`", b.name.name);
+                errors.push(defined_twice(&what, b.name.span, first));
             }
             blocks.insert(&b.name.name, b);
         }
@@ -63,14 +57,8 @@ pub fn build_program(program: &Program) -> diag::Result<Vec<Graph>> {
     for item in &program.main.items {
         let Item::Network(net) = item else { continue };
         if let Some(first) = networks.insert(&net.name.name, net.name.span) {
-            errors.push(
-                Diagnostic::error(
-                    Code::DuplicateDefinition,
-                    format!("network `{}` is defined twice", net.name.name),
-                )
-                .label(net.name.span, "defined again here")
-                .label(first, "first defined here"),
-            );
+            let what = format!("network `{}`", net.name.name);
+            errors.push(defined_twice(&what, net.name.span, first));
             continue;
         }
         match build_network(net, &blocks) {

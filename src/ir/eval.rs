@@ -70,12 +70,7 @@ impl Scope {
             return Ok(());
         };
         if let Some((_, first)) = frame.get(name) {
-            return Err(vec![Diagnostic::error(
-                Code::DuplicateDefinition,
-                format!("`{name}` is defined twice"),
-            )
-            .label(span, "defined again here")
-            .label(*first, "first defined here")]);
+            return Err(vec![defined_twice(&format!("`{name}`"), span, *first)]);
         }
         frame.insert(name.to_string(), (value, span));
         Ok(())
@@ -278,6 +273,16 @@ pub fn expect_int(value: &Value, span: Span, scope: &Scope) -> diag::Result<i64>
         )
         .label(span, "an integer is needed here")]),
     }
+}
+
+/// `what` (a `let` constant, a block, a network) is given a second time at `again`.
+pub fn defined_twice(what: &str, again: Span, first: Span) -> Diagnostic {
+    Diagnostic::error(
+        Code::DuplicateDefinition,
+        format!("{what} is defined twice"),
+    )
+    .label(again, "defined again here")
+    .label(first, "first defined here")
 }
 
 #[cfg(test)]
