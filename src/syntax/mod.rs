@@ -4,6 +4,7 @@
 
 pub mod ast;
 pub mod load;
+mod parse_error;
 pub mod parser;
 pub mod print;
 
