@@ -264,6 +264,8 @@ fn grad_matches_the_reference() {
             "labels.npy",
             "--output",
             "g.safetensors",
+            "--save-weights",
+            "after.safetensors",
         ],
     );
     succeeds(&out);
@@ -290,6 +292,28 @@ fn grad_matches_the_reference() {
             assert_eq!(shape, &p.shape);
             assert_close(values, g, &p.name);
         }
+    }
+
+    // `--save-weights`: the parameters as they were, the running statistics updated by the
+    // training-mode forward (the reference's `params` were updated in place the same way).
+    let after = read_tensors(&dir.join("after.safetensors"));
+    let before = read_tensors(&dir.join("w.safetensors"));
+    assert_eq!(
+        after.len(),
+        graph.params.len(),
+        "every parameter and buffer"
+    );
+    for (p, expected) in graph.params.iter().zip(&params) {
+        let (shape, values) = &after[&p.name];
+        assert_eq!(shape, &p.shape);
+        assert_close(values, expected, &p.name);
+        let changed = values != &before[&p.name].1;
+        assert_eq!(
+            changed,
+            !p.kind.trainable(),
+            "{} changed: {changed}",
+            p.name
+        );
     }
 }
 

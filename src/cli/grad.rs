@@ -1,19 +1,20 @@
 //! `cnnc grad FILE --weights W --input X.npy --labels L.npy --output G.safetensors`: one
 //! training-mode forward pass (batch statistics, dropout on), the mean softmax cross-entropy
 //! against integer labels, and the backward pass; the gradients are written under the
-//! parameters' names. Batchnorm running statistics are updated in the engine but not written:
-//! the command's product is the gradients.
+//! parameters' names. Like PyTorch's training-mode forward, the step updates the batchnorm
+//! running statistics; `--save-weights W2.safetensors` writes them with the (unchanged)
+//! parameters, so both halves of what PyTorch's `loss.backward()` leaves can be compared.
 
 use std::path::Path;
 
 use rand::rngs::ChaCha8Rng;
 use rand::SeedableRng;
 
-use super::engine_io::{load_one, read_input, read_labels, read_weights, set_threads};
+use super::engine_io::{engine_failure, engine_with_weights, load_one, read_labels};
 use super::Failure;
 use crate::ir::Loss;
 use crate::runtime::checkpoint;
-use crate::runtime::engine::{Engine, EngineError, Truth};
+use crate::runtime::engine::Truth;
 use crate::span::SourceMap;
 
 pub struct Args<'a> {
@@ -23,6 +24,8 @@ pub struct Args<'a> {
     pub input: &'a Path,
     pub labels: &'a Path,
     pub output: &'a Path,
+    /// Where to write the weights after the step (running statistics updated), if anywhere.
+    pub save_weights: Option<&'a Path>,
     pub threads: Option<usize>,
 }
 
@@ -36,14 +39,14 @@ pub fn run(args: &Args, sources: &mut SourceMap) -> Result<String, Failure> {
             graph.output_shape()
         )));
     }
-    let threads = set_threads(args.threads)?;
-    let params = read_weights(args.weights, &graph)?;
-    let (input, batch) = read_input(args.input, &graph)?;
+    let (mut engine, input, batch) = engine_with_weights(
+        &graph,
+        args.weights,
+        args.input,
+        Loss::CrossEntropy,
+        args.threads,
+    )?;
     let labels = read_labels(args.labels, batch, graph.output_shape().numel())?;
-
-    let runtime = |e: EngineError| Failure::Runtime(e.to_string());
-    let mut engine = Engine::new(&graph, batch, Loss::CrossEntropy, threads).map_err(runtime)?;
-    engine.set_params(&params).map_err(runtime)?;
     // Dropout masks come from the network's training seed, so a run is reproducible.
     let seed = graph.train.as_ref().map_or(0, |t| t.seed);
     let loss = engine
@@ -52,7 +55,7 @@ pub fn run(args: &Args, sources: &mut SourceMap) -> Result<String, Failure> {
             Truth::Classes(&labels),
             &mut ChaCha8Rng::seed_from_u64(seed),
         )
-        .map_err(runtime)?;
+        .map_err(engine_failure)?;
 
     // A trainable parameter no loss reaches has a zero gradient, as in PyTorch with
     // `zero_grad(set_to_none=False)`.
@@ -63,11 +66,19 @@ pub fn run(args: &Args, sources: &mut SourceMap) -> Result<String, Failure> {
         .zip(&zeros)
         .map(|(g, zero)| g.unwrap_or(zero))
         .collect();
-    checkpoint::save_gradients(args.output, &graph, &grads)
-        .map_err(|e| Failure::Runtime(e.to_string()))?;
-    Ok(format!(
+    let checkpoint_error = |e: checkpoint::CheckpointError| Failure::Runtime(e.to_string());
+    checkpoint::save_gradients(args.output, &graph, &grads).map_err(checkpoint_error)?;
+    let mut summary = format!(
         "loss {loss}\nwrote the gradients of {} parameters to {}\n",
         graph.params.iter().filter(|p| p.kind.trainable()).count(),
         args.output.display()
-    ))
+    );
+    if let Some(path) = args.save_weights {
+        checkpoint::save(path, &graph, &engine.params(), None, None).map_err(checkpoint_error)?;
+        summary += &format!(
+            "wrote the weights after the step (running statistics updated) to {}\n",
+            path.display()
+        );
+    }
+    Ok(summary)
 }

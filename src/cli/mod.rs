@@ -94,6 +94,11 @@ enum Command {
         /// Where to write the gradients (safetensors).
         #[arg(long)]
         output: PathBuf,
+        /// Also write the weights after the step (safetensors): the parameters unchanged (no
+        /// optimiser step) and the batchnorm running statistics updated, as PyTorch's
+        /// training-mode forward leaves them.
+        #[arg(long)]
+        save_weights: Option<PathBuf>,
         #[arg(long)]
         threads: Option<usize>,
     },
@@ -218,6 +223,7 @@ pub fn run() -> i32 {
             input,
             labels,
             output,
+            save_weights,
             threads,
         } => grad::run(
             &grad::Args {
@@ -227,6 +233,7 @@ pub fn run() -> i32 {
                 input,
                 labels,
                 output,
+                save_weights: save_weights.as_deref(),
                 threads: *threads,
             },
             &mut sources,
