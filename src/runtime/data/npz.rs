@@ -4,6 +4,10 @@
 //! - `y`: integer class labels `[N]` (int64, int32 or uint8) for cross-entropy, or float
 //!   targets `[N, *target]` for mean squared error;
 //! - `x_test`, `y_test`: optional, the same for the test set (both or neither).
+//!
+//! Arrays may be stored in C or Fortran order (`np.asfortranarray`, or a transposed array
+//! saved as is): numpy reads both to the same values, so cnnc does too, converting Fortran
+//! order to the row-major layout the engine uses.
 
 use super::{DataError, Dataset, Labels};
 use crate::runtime::tensors::{read_stored, ArraySource, Stored, TensorError};
@@ -239,6 +243,42 @@ mod tests {
             }
         );
         assert!(test.is_none());
+    }
+
+    /// A Fortran-order `x` and `y` (as numpy writes a transposed array) read as the same
+    /// values numpy would give, in C order.
+    #[test]
+    fn fortran_order_arrays_read_as_their_values() {
+        let path = temp("fortran.npz");
+        let values = x(3);
+        let fortran_x = values
+            .view()
+            .reversed_axes()
+            .as_standard_layout()
+            .into_owned()
+            .reversed_axes();
+        assert!(!fortran_x.is_standard_layout());
+        assert_eq!(fortran_x, values);
+        let targets = ArrayD::from_shape_fn(IxDyn(&[3, 2]), |i| (10 * i[0] + i[1]) as f32);
+        let fortran_y = targets
+            .t()
+            .as_standard_layout()
+            .into_owned()
+            .reversed_axes();
+        let mut npz = NpzWriter::new(File::create(&path).expect("create"));
+        npz.add_array("x", &fortran_x).expect("x");
+        npz.add_array("y", &fortran_y).expect("y");
+        npz.finish().expect("finish");
+        let (train, _) = load(&path).expect("load");
+        assert_eq!(train.sample_shape, vec![1, 2, 2]);
+        assert_eq!(train.images, values.iter().copied().collect::<Vec<_>>());
+        assert_eq!(
+            train.labels,
+            Labels::Targets {
+                values: vec![0.0, 1.0, 10.0, 11.0, 20.0, 21.0],
+                shape: vec![2]
+            }
+        );
     }
 
     #[test]
