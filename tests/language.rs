@@ -109,6 +109,32 @@ fn let_arithmetic_and_tuple_indexing() {
     assert_eq!(g.output_shape().0, [31, 8, 8]);
 }
 
+/// LANGUAGE.md promises arithmetic "with parentheses": a parenthesised first argument of a
+/// layer is a value, not a call's argument list, whatever follows it.
+#[test]
+fn parenthesised_expressions_as_layer_arguments() {
+    let g = load(
+        "network n { input [1, 8, 8]; let a = 3\n conv (a + 1) kernel=3\n conv (a + 1) * 2 kernel=(a - 1)\n conv(a, kernel=1)\n conv (a, kernel=1) }",
+    );
+    let channels: Vec<usize> = ["conv1", "conv2", "conv3", "conv4"]
+        .iter()
+        .map(|name| node(&g, name).shape.0[0])
+        .collect();
+    assert_eq!(channels, [4, 8, 3, 3]);
+    assert_eq!(param_shape(&g, "conv2.weight"), [8, 4, 2, 2]);
+}
+
+/// The fix that the diagnostic for a label inside a `repeat` suggests works: a labelled layer
+/// in a block, the block's call repeated, gives one name per call.
+#[test]
+fn a_labelled_layer_repeats_through_a_block_call() {
+    let g = load(
+        "block stage_block() { stage: conv 4 kernel=3 padding=1; relu }\nnetwork n { input [4, 8, 8]; repeat 2 { stage_block() } }",
+    );
+    assert_eq!(param_shape(&g, "stage_block1.stage.weight"), [4, 4, 3, 3]);
+    assert_eq!(param_shape(&g, "stage_block2.stage.weight"), [4, 4, 3, 3]);
+}
+
 #[test]
 fn same_padding_follows_pytorch_for_even_kernels_and_dilation() {
     let g = load("network n { input [2, 10, 10]\n conv 4 kernel=4 padding=same\n conv 4 kernel=3 dilation=2 padding=same }");

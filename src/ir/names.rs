@@ -52,6 +52,17 @@ impl Naming {
         };
         let span = label.map_or(span, |l| l.span);
         if let Some(first) = self.taken.insert(local.clone(), span) {
+            // The same label claimed twice from the same place in the same scope: only a
+            // `repeat` body, unrolled into its parent's scope, does that.
+            if label.is_some() && first == span {
+                return Err(vec![Diagnostic::error(
+                    Code::DuplicateDefinition,
+                    format!("the label `{local}` would name a layer of every repetition of a `repeat`"),
+                )
+                .label(span, "inside a `repeat` that runs more than once")
+                .note("a `repeat` body is unrolled into the enclosing scope, where every layer needs its own name")
+                .help(format!("remove the label (unlabelled layers get numbered names such as `conv1`, `conv2`), or move the repeated statements into a `block` and repeat its call: names inside a call start with the call's own numbered name (`my_block1.{local}`, `my_block2.{local}`)"))]);
+            }
             return Err(vec![Diagnostic::error(Code::DuplicateDefinition, format!("two layers are named `{}{local}`", self.prefix))
                 .label(span, format!("named `{local}` here"))
                 .label(first, "and here")
@@ -89,5 +100,31 @@ mod tests {
             root.claim(Some(&label("conv1")), "conv", s).unwrap_err()[0].code,
             Code::DuplicateDefinition
         );
+    }
+
+    /// A label claimed twice from one place (a `repeat` body) gets its own explanation; two
+    /// different places with one label get the generic one.
+    #[test]
+    fn a_label_repeated_by_repeat_says_why_and_how_to_fix_it() {
+        let at = |start| Span {
+            start,
+            end: start + 1,
+            ..Span::default()
+        };
+        let stem = Ident {
+            name: "stem".into(),
+            span: at(5),
+        };
+        let mut root = Naming::root();
+        assert_eq!(root.claim(Some(&stem), "conv", at(5)).unwrap(), "stem");
+        let repeated = &root.claim(Some(&stem), "conv", at(5)).unwrap_err()[0];
+        assert_eq!(repeated.code, Code::DuplicateDefinition);
+        assert!(repeated.message.contains("every repetition of a `repeat`"));
+        let elsewhere = Ident {
+            name: "stem".into(),
+            span: at(9),
+        };
+        let twice = &root.claim(Some(&elsewhere), "conv", at(9)).unwrap_err()[0];
+        assert_eq!(twice.message, "two layers are named `stem`");
     }
 }
