@@ -46,7 +46,7 @@ pub fn print_graph(graph: &Graph) -> String {
         }
     }
     if let Some(train) = &graph.train {
-        let _ = writeln!(out, "train {train:?}");
+        let _ = write!(out, "{train}");
     }
     out
 }

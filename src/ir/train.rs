@@ -1,8 +1,11 @@
 //! The `train { .. }` section → a validated [`TrainConfig`]. Keys: `data`, `epochs`, `batch`,
 //! `optimizer`, `loss`, `seed`, `init`; every one optional, with the defaults of
-//! [`TrainConfig::default`].
+//! [`TrainConfig::default`]. [`TrainConfig`]'s `Display` writes the section back in `.cnn`
+//! syntax with every setting resolved (the IR dump prints it).
 
 use super::eval::{eval, expect_int, Scope, Value};
+use std::fmt;
+
 use super::{DataSource, Init, Loss, Optimizer, TrainConfig};
 use crate::diag::{self, did_you_mean, Code, Diagnostic};
 use crate::span::Span;
@@ -80,6 +83,51 @@ pub fn train_config(settings: &[Setting], scope: &Scope) -> diag::Result<TrainCo
         }
     }
     Ok(config)
+}
+
+/// The section as `.cnn` source, defaults written out, one setting a line. Floats use Rust's
+/// shortest round-trip form (`0.1`, `1e-8`), which the grammar reads back to the same `f32`.
+impl fmt::Display for TrainConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let data = match &self.data {
+            DataSource::Mnist => "mnist".to_string(),
+            DataSource::FashionMnist => "fashion-mnist".to_string(),
+            DataSource::Synthetic => "synthetic".to_string(),
+            DataSource::Path(path) => format!("\"{path}\""),
+        };
+        let optimizer = match &self.optimizer {
+            Optimizer::Sgd {
+                lr,
+                momentum,
+                weight_decay,
+            } => format!("sgd(lr={lr:?}, momentum={momentum:?}, weight_decay={weight_decay:?})"),
+            Optimizer::Adam {
+                lr,
+                betas: (beta1, beta2),
+                eps,
+                weight_decay,
+            } => format!(
+                "adam(lr={lr:?}, betas=({beta1:?}, {beta2:?}), eps={eps:?}, weight_decay={weight_decay:?})"
+            ),
+        };
+        let loss = match self.loss {
+            Loss::CrossEntropy => "cross_entropy",
+            Loss::Mse => "mse",
+        };
+        let init = match self.init {
+            Init::PyTorch => "default",
+            Init::Xavier => "xavier",
+        };
+        writeln!(f, "train {{")?;
+        writeln!(f, "    data = {data}")?;
+        writeln!(f, "    epochs = {}", self.epochs)?;
+        writeln!(f, "    batch = {}", self.batch)?;
+        writeln!(f, "    optimizer = {optimizer}")?;
+        writeln!(f, "    loss = {loss}")?;
+        writeln!(f, "    seed = {}", self.seed)?;
+        writeln!(f, "    init = {init}")?;
+        writeln!(f, "}}")
+    }
 }
 
 fn bad(span: Span, message: String, label: &str) -> Vec<Diagnostic> {
@@ -298,5 +346,29 @@ mod tests {
         );
         assert_eq!(train("batch = 8; batch = 16"), Err(Code::DuplicateArgument));
         assert_eq!(train("data = imagenet"), Err(Code::BadTrainSetting));
+    }
+
+    /// What `Display` writes reads back to the same configuration, for every kind of value.
+    #[test]
+    fn the_printed_section_reads_back_to_the_same_config() {
+        let configs = [
+            "data = fashion-mnist; optimizer = adam(lr=0.003, betas=(0.8, 0.99), eps=1e-8); init = xavier",
+            "data = \"some/folder\"; epochs = 3; batch = 7; loss = mse; seed = 42",
+            "data = mnist; optimizer = sgd(lr=0.9, momentum=0.5, weight_decay=0.0001)",
+        ];
+        for settings in configs {
+            let config = train(settings).unwrap();
+            let printed = config.to_string();
+            let text = format!("network n {{\n input [4]\n dense 2\n {printed}}}");
+            let again = crate::load_str("again.cnn", &text, &mut SourceMap::default())
+                .unwrap_or_else(|_| panic!("does not parse:\n{printed}"))
+                .remove(0)
+                .train;
+            assert_eq!(again, Some(config), "{printed}");
+        }
+        assert_eq!(
+            TrainConfig::default().to_string(),
+            "train {\n    data = synthetic\n    epochs = 10\n    batch = 256\n    optimizer = sgd(lr=0.1, momentum=0.0, weight_decay=0.0)\n    loss = cross_entropy\n    seed = 0\n    init = default\n}\n"
+        );
     }
 }
