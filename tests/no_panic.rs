@@ -96,15 +96,18 @@ fn apply(text: &str, m: &Mutation) -> String {
         .chain([text.len()])
         .collect();
     let pick = |at: usize| bounds[at % bounds.len()];
+    // The first boundary at least `len` bytes after `start`.
+    let end_after = |start: usize, len: usize| {
+        bounds
+            .iter()
+            .copied()
+            .find(|&b| b >= start + len)
+            .unwrap_or(text.len())
+    };
     match *m {
         Mutation::Delete { at, len } => {
             let start = pick(at);
-            let end = bounds
-                .iter()
-                .copied()
-                .find(|&b| b >= start + len)
-                .unwrap_or(text.len());
-            format!("{}{}", &text[..start], &text[end..])
+            format!("{}{}", &text[..start], &text[end_after(start, len)..])
         }
         Mutation::Insert { at, token } => {
             let at = pick(at);
@@ -112,12 +115,7 @@ fn apply(text: &str, m: &Mutation) -> String {
         }
         Mutation::Duplicate { at, len } => {
             let start = pick(at);
-            let end = bounds
-                .iter()
-                .copied()
-                .find(|&b| b >= start + len)
-                .unwrap_or(text.len());
-            format!("{}{}", &text[..end], &text[start..])
+            format!("{}{}", &text[..end_after(start, len)], &text[start..])
         }
     }
 }
