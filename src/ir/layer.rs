@@ -1,16 +1,20 @@
 //! One op statement → a resolved [`Op`]: the argument table of every op (one `match` arm
 //! each), value checks (types, signs, tuple arity, `padding=same`), and the translation of a
-//! [`ShapeError`] into a diagnostic that points at the argument responsible.
+//! [`ShapeError`](shape::ShapeError) into a diagnostic that points at the argument responsible (in
+//! `layer/shape_error.rs`).
+
+mod shape_error;
 
 use std::collections::HashMap;
 
 use super::args::{bind, missing, BoundArg, EvalArg};
 use super::eval::{expect_int, not_a_number, Scope, Value};
-use super::shape::{self, ShapeError};
+use super::shape;
 use super::*;
 use crate::diag::{self, Code, Diagnostic};
 use crate::limits::MAX_ELEMENTS;
 use crate::syntax::ast::Ident;
+use shape_error::shape_error;
 
 /// Every op a statement can name.
 pub const OPS: [&str; 14] = [
@@ -412,102 +416,4 @@ pub fn size(value: i64, param: &str, span: Span, positive: bool) -> diag::Result
         .label(span, "too large")]);
     }
     Ok(value as usize)
-}
-
-/// A shape error of a single-input op as a diagnostic.
-fn shape_error(
-    err: &ShapeError,
-    op: &Op,
-    spans: &HashMap<&str, Span>,
-    input: &InputSite,
-    stmt: Span,
-    name: Span,
-) -> Diagnostic {
-    let at = |param: &str| spans.get(param).copied().unwrap_or(stmt);
-    let axis_name = |axis: usize| format!("spatial axis {}", axis + 1);
-    let d = match err {
-        ShapeError::KernelTooLarge {
-            axis,
-            extent,
-            padded,
-        } => {
-            let kernel = match op {
-                Op::Conv(c) => c.kernel[*axis],
-                Op::Pool(p) => p.kernel[*axis],
-                _ => *extent,
-            };
-            let what = if kernel == *extent {
-                format!("the kernel {kernel}")
-            } else {
-                format!("the dilated kernel (kernel {kernel} spans {extent})")
-            };
-            Diagnostic::error(
-                Code::KernelTooLarge,
-                format!("{what} is larger than the padded input {padded}"),
-            )
-            .label(
-                at("kernel"),
-                format!("kernel {kernel} on {}", axis_name(*axis)),
-            )
-        }
-        ShapeError::PaddingTooLarge {
-            axis,
-            padding,
-            kernel,
-        } => Diagnostic::error(
-            Code::PaddingTooLarge,
-            format!("pooling padding {padding} is more than half the kernel {kernel}"),
-        )
-        .label(
-            at("padding"),
-            format!("padding {padding} on {}", axis_name(*axis)),
-        )
-        .note("PyTorch allows pooling padding up to kernel/2"),
-        ShapeError::GroupsMismatch {
-            channels,
-            groups,
-            output,
-        } => {
-            let which = if *output { "output" } else { "input" };
-            Diagnostic::error(
-                Code::GroupsMismatch,
-                format!("{which} channels {channels} are not divisible by groups {groups}"),
-            )
-            .label(at("groups"), format!("{groups} groups"))
-        }
-        ShapeError::DenseOnSpatial { found } => Diagnostic::error(
-            Code::DenseOnSpatial,
-            format!("`dense` needs a vector, but the input is {found}"),
-        )
-        .label(name, "applied to a feature map")
-        .help("add `flatten` (or `global_avgpool`) before `dense`"),
-        ShapeError::WrongRank { found, .. } => Diagnostic::error(
-            Code::WrongRank,
-            format!("this op needs spatial axes, but the input is {found}"),
-        )
-        .label(name, "needs `[channels, spatial...]`"),
-        ShapeError::TooLarge => Diagnostic::error(
-            Code::TooLarge,
-            format!("the output of this layer has more than {MAX_ELEMENTS} elements per image"),
-        )
-        .label(stmt, "too large"),
-        ShapeError::InputMismatch { .. }
-        | ShapeError::BranchMismatch { .. }
-        | ShapeError::Arity { .. } => Diagnostic::error(
-            Code::WrongRank,
-            format!("this op cannot take the input {}", input.shape),
-        )
-        .label(stmt, "here"),
-    };
-    if input.is_network_input {
-        d.note(format!(
-            "the input to this layer is the network input {}",
-            input.shape
-        ))
-    } else {
-        d.label(
-            input.span,
-            format!("this layer made the input {}", input.shape),
-        )
-    }
 }
