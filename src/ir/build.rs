@@ -1,9 +1,12 @@
 //! AST → [`Graph`]: blocks are called, `repeat` unrolled, `residual` desugared to `add`, `let`
-//! evaluated, and every node named (`ir::names`) and shape-checked as it is appended.
+//! evaluated, and every node named (`ir::names`) and shape-checked as it is appended. Block
+//! calls (arguments, recursion and depth checks, the call's naming scope) are in
+//! `build/call.rs`.
+
+mod call;
 
 use std::collections::HashMap;
 
-use super::args::bind;
 use super::eval::{defined_twice, eval, eval_args, expect_int, Scope};
 use super::layer::{self, InputSite, OPS};
 use super::names::Naming;
@@ -12,7 +15,7 @@ use super::shape::{self, ShapeError};
 use super::train::train_config;
 use super::*;
 use crate::diag::{self, did_you_mean, Code, Diagnostic};
-use crate::limits::{MAX_ELEMENTS, MAX_EXPANSION_STEPS, MAX_NESTING, MAX_NODES, MAX_PARAMS};
+use crate::limits::{MAX_ELEMENTS, MAX_EXPANSION_STEPS, MAX_NODES, MAX_PARAMS};
 use crate::syntax::ast::{BlockDef, Branch, Ident, Item, JoinKind, NetworkDef, Stmt, StmtKind};
 use crate::syntax::load::Program;
 
@@ -399,70 +402,6 @@ impl<'a> Builder<'a> {
                 format!("the output has more than {MAX_ELEMENTS} elements per image"),
             )]),
         }
-    }
-
-    /// Expands a call of `block` with the evaluated `args`.
-    fn call(
-        &mut self,
-        block: &'a BlockDef,
-        name: &Ident,
-        args: Vec<super::args::EvalArg>,
-        stmt: &Stmt,
-        current: NodeId,
-        naming: &mut Naming,
-    ) -> diag::Result<NodeId> {
-        if let Some(at) = self.calls.iter().position(|b| *b == block.name.name) {
-            let chain: Vec<&str> = self.calls[at..]
-                .iter()
-                .copied()
-                .chain([block.name.name.as_str()])
-                .collect();
-            return Err(vec![Diagnostic::error(
-                Code::RecursiveBlock,
-                format!("block `{}` calls itself", block.name.name),
-            )
-            .label(name.span, "recursive call")
-            .label(block.name.span, "in this block")
-            .note(format!("call chain: {}", chain.join(" → ")))]);
-        }
-        if self.calls.len() >= MAX_NESTING {
-            return Err(vec![Diagnostic::error(
-                Code::TooDeep,
-                format!("block calls are nested more than {MAX_NESTING} deep"),
-            )
-            .label(name.span, "too deep")]);
-        }
-        let callee = format!("block `{}`", block.name.name);
-        let params: Vec<&str> = block.params.iter().map(|p| p.name.name.as_str()).collect();
-        let bound = bind(&callee, &params, params.len(), args)?;
-        let mut scope = Scope::new();
-        for (param, value) in block.params.iter().zip(bound) {
-            let value = match (value, &param.default) {
-                (Some((v, _)), _) => v,
-                (None, Some(default)) => eval(default, &scope)?,
-                (None, None) => {
-                    return Err(super::args::missing(&callee, &param.name.name, stmt.span))
-                }
-            };
-            scope.bind(&param.name.name, value, param.name.span)?;
-        }
-        let node_name = naming.claim(stmt.label.as_ref(), &block.name.name, stmt.span)?;
-        self.calls.push(&block.name.name);
-        let out = self.body(
-            &block.body,
-            current,
-            &mut scope,
-            &mut naming.child(&node_name),
-            false,
-        );
-        self.calls.pop();
-        // Point at the call too: the mistake may be in the block or in the arguments given.
-        out.map_err(|errors| {
-            errors
-                .into_iter()
-                .map(|d| d.label(name.span, format!("in this call of `{}`", block.name.name)))
-                .collect()
-        })
     }
 
     /// Appends a node and its parameters, enforcing the limits.
