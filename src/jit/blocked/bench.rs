@@ -1,6 +1,6 @@
 //! Micro-benchmarks of blocked contraction nests, run by hand on one thread:
 //! `cargo test --release --lib jit::blocked::bench -- --ignored --nocapture`.
-//! Each prints GFLOP/s blocked (`vectorize: true`) and plain (`false`), best of a few runs.
+//! Each prints GFLOP/s blocked (`vectorize: true`) and plain (`false`), best of 10 runs.
 
 use std::time::Instant;
 
@@ -40,7 +40,7 @@ fn measure(name: &str, kernel: Kernel, lens: &[usize], flops: f64) {
             .expect("kernel compiles");
         let mut out = bufs.clone();
         let mut best = f64::INFINITY;
-        for _ in 0..5 {
+        for _ in 0..10 {
             let start = Instant::now();
             compiled.run(0, &mut out, 1).expect("kernel runs");
             best = best.min(start.elapsed().as_secs_f64());

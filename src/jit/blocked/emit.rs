@@ -57,8 +57,11 @@ struct Site {
     width: i64,
 }
 
-/// Address terms: a buffer and its index's coefficients, sorted by variable.
-type AddressKey = (BufId, Vec<(Var, i64)>);
+/// An index's coefficients, sorted by variable.
+type Terms = Vec<(Var, i64)>;
+
+/// Address terms: a buffer and (some of) its index's coefficients.
+type AddressKey = (BufId, Terms);
 
 /// Where the current block is, and the addresses computed for it.
 struct Frame {
@@ -292,7 +295,7 @@ impl Translator<'_> {
             });
         }
         for (buf, index) in accesses {
-            let outer: Vec<(Var, i64)> = coefficients(&index)
+            let outer: Terms = coefficients(&index)
                 .into_iter()
                 .filter(|(v, _)| !nest.is_reduction(*v))
                 .collect();
@@ -329,7 +332,7 @@ impl Translator<'_> {
         lane: i64,
     ) -> (Value, i32) {
         let coeffs = coefficients(index);
-        let (reduction, outer): (Vec<(Var, i64)>, Vec<(Var, i64)>) = coeffs
+        let (reduction, outer): (Terms, Terms) = coeffs
             .iter()
             .map(|(&v, &c)| (v, c))
             .partition(|(v, _)| nest.is_reduction(*v));
