@@ -2,7 +2,7 @@
 //! run as blocks of `U` rows × `V` vectors of 4 lanes, each output in its own register.
 //!
 //! [`contraction`] recognises exactly the documented form and checks its legality; anything
-//! else is `None` and is translated as before. The emission (`blocked_emit.rs`) computes, per
+//! else is `None` and is translated as before. The emission (`blocked/emit.rs`) computes, per
 //! block, `init` for every output, then the reduction loops with one `fma` per output per step,
 //! then the epilogue and the store. Each output's sum runs over the same terms in the same
 //! order with the same `fma`s as the plain loops, so the results are bitwise those of the

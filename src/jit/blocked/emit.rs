@@ -40,6 +40,11 @@ const ACCUMULATORS: i64 = 8;
 
 /// Rows of a full block for `lanes` lanes: 4 rows × 2 vectors when there are 8 lanes or more,
 /// 8 × 1 for 4..7 lanes, and `8 / lanes` rows of scalars below 4 lanes.
+///
+/// Measured with `blocked/bench.rs` (one thread, 2026-11-25, on a machine at load ~11 on 2
+/// cores, so ±50% noise), GFLOP/s for dense 256×400·400×120 / conv2 forward / conv2 dW:
+/// 4×2: 29–32 / 13–14 / 11–25; 2×4: 29–30 / 9–26 / 13–14; 3×2: 14 / 10 / 9; 8×1: 16 / 5 / 7;
+/// 4×3 (12 accumulators): 23 / 8 / 8; 4×4: 20 / 8 / 5. Beyond 8 accumulators it spills.
 fn rows_per_block(lanes: i64) -> i64 {
     match lanes / LANES {
         0 => (ACCUMULATORS / lanes).max(1),
