@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 use crate::lower::loops::{BufId, Cond, Expr, Index, Local, Loop, Stmt, Var};
 
 mod emit;
+mod eval;
 
 /// A recognised contraction nest (see the module doc of `lower::loops`).
 pub(super) struct Contraction<'a> {

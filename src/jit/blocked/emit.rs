@@ -15,9 +15,10 @@
 //! and lane), plus, per step, only the reduction variables' terms; each output's own row and
 //! lane are a constant displacement folded into the load.
 //!
-//! What has no lane-wise form with the scalar rounding (`exp`, `ln`, an `IndexValue` or an
-//! `InBounds` that varies along the lanes) is evaluated lane by lane with the scalar code and
-//! inserted into the vector, so every expression is supported and bitwise unchanged.
+//! Expressions are evaluated by `eval.rs`. What has no lane-wise form with the scalar rounding
+//! (`exp`, `ln`, an `IndexValue` or an `InBounds` that varies along the lanes) is evaluated
+//! lane by lane with the scalar code and inserted into the vector, so every expression is
+//! supported and bitwise unchanged.
 
 use std::collections::HashMap;
 
@@ -25,13 +26,13 @@ use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{types, InstBuilder, MemFlagsData, Value};
 use cranelift_frontend::Variable;
 
-use super::super::translate::{float_cc, Translator};
-use super::super::vector::{lane_bitcast_flags, vector_flags};
-use super::{coefficients, cond_depends_on, contraction, depends_on, local_uses, Contraction};
-use crate::lower::loops::{BufId, Cond, Expr, Index, Loop, UnOp, Var};
+use super::super::translate::Translator;
+use super::super::vector::vector_flags;
+use super::{coefficients, contraction, depends_on, local_uses, Contraction};
+use crate::lower::loops::{BufId, Index, Loop, Var};
 
 /// Lanes of an `f32x4`.
-const LANES: i64 = 4;
+pub(super) const LANES: i64 = 4;
 
 /// Accumulators of a full block (`U × V`). The x64 backend ties `fma`'s destination to a
 /// multiplicand and has 16 vector registers; with 8 accumulators plus the operands of one
@@ -55,11 +56,11 @@ fn rows_per_block(lanes: i64) -> i64 {
 
 /// One output of a block: row `u` after the block's first, lanes from `lane` after its first.
 #[derive(Clone, Copy)]
-struct Site {
-    u: i64,
-    lane: i64,
+pub(super) struct Site {
+    pub(super) u: i64,
+    pub(super) lane: i64,
     /// 4 (an `f32x4`) or 1 (an `f32`).
-    width: i64,
+    pub(super) width: i64,
 }
 
 /// An index's coefficients, sorted by variable.
@@ -69,11 +70,11 @@ type Terms = Vec<(Var, i64)>;
 type AddressKey = (BufId, Terms);
 
 /// Where the current block is, and the addresses computed for it.
-struct Frame {
+pub(super) struct Frame {
     /// The rows variable and the block's first row, when there is a rows loop.
-    row: Option<(Var, Value)>,
+    pub(super) row: Option<(Var, Value)>,
     /// The lanes variable and the block's first lane.
-    lane: (Var, Value),
+    pub(super) lane: (Var, Value),
     /// `base + 4·Σ coeff·var` without the reduction variables' terms, by buffer and those
     /// terms; computed before the reduction loops, so they dominate the whole block.
     bases: HashMap<AddressKey, Value>,
@@ -318,7 +319,7 @@ impl Translator<'_> {
     }
 
     /// A loop variable's value in the block: the first row or lane for those, else its own.
-    fn var_value(&mut self, frame: &Frame, var: Var) -> Value {
+    pub(super) fn var_value(&mut self, frame: &Frame, var: Var) -> Value {
         match frame.row {
             Some((row, first)) if row == var => first,
             _ if frame.lane.0 == var => frame.lane.1,
@@ -327,7 +328,7 @@ impl Translator<'_> {
     }
 
     /// `(address, displacement)` of `buf[index]` at row `u` and lane `lane` of the block.
-    fn address(
+    pub(super) fn address(
         &mut self,
         nest: &Contraction,
         frame: &mut Frame,
@@ -373,216 +374,6 @@ impl Translator<'_> {
         }
     }
 
-    /// The `i64` value of `index` at row `u` and lane `lane` of the block.
-    fn index_value(&mut self, frame: &Frame, index: &Index, u: i64, lane: i64) -> Value {
-        let coeffs = coefficients(index);
-        let mut constant = index.offset;
-        let mut sum = None;
-        for (&var, &coeff) in &coeffs {
-            match frame.row {
-                Some((row, _)) if row == var => constant = constant.wrapping_add(coeff * u),
-                _ if frame.lane.0 == var => constant = constant.wrapping_add(coeff * lane),
-                _ => {}
-            }
-            let value = self.var_value(frame, var);
-            let scaled = self.builder.ins().imul_imm_s(value, coeff);
-            sum = Some(match sum {
-                None => scaled,
-                Some(sum) => self.builder.ins().iadd(sum, scaled),
-            });
-        }
-        match sum {
-            None => self.builder.ins().iconst(types::I64, constant),
-            Some(sum) => self.builder.ins().iadd_imm_s(sum, constant),
-        }
-    }
-
-    /// `expr` at `site` (an `f32x4` or an `f32`), with `acc` the site's sum (epilogue only).
-    fn eval(
-        &mut self,
-        nest: &Contraction,
-        frame: &mut Frame,
-        expr: &Expr,
-        acc: Option<Value>,
-        site: Site,
-    ) -> Value {
-        if site.width == 1 {
-            return self.eval_lane(nest, frame, expr, acc, site.u, site.lane);
-        }
-        if !depends_on(expr, nest.lane_var()) {
-            let scalar = self.eval_lane(nest, frame, expr, None, site.u, site.lane);
-            return self.builder.ins().splat(types::F32X4, scalar);
-        }
-        let mut recurse = |t: &mut Self, e: &Expr| t.eval(nest, frame, e, acc, site);
-        match expr {
-            Expr::Load(buf, index) if coefficients(index).get(&nest.lane_var()) == Some(&1) => {
-                let (address, offset) = self.address(nest, frame, *buf, index, site.u, site.lane);
-                self.builder
-                    .ins()
-                    .load(types::F32X4, vector_flags(), address, offset)
-            }
-            Expr::Local(_) => acc.expect("only the epilogue reads a local: the sum"),
-            Expr::Unary(op @ (UnOp::Neg | UnOp::Abs | UnOp::Sqrt), a) => {
-                let a = recurse(self, a);
-                self.translate_unary(*op, a)
-            }
-            Expr::Binary(op, a, b) => {
-                let a = recurse(self, a);
-                let b = recurse(self, b);
-                self.translate_binary(*op, a, b)
-            }
-            Expr::Fma(a, b, c) => {
-                let a = recurse(self, a);
-                let b = recurse(self, b);
-                let c = recurse(self, c);
-                self.builder.ins().fma(a, b, c)
-            }
-            Expr::Select(cond, a, b) if !lane_dependent_guard(cond, nest.lane_var()) => {
-                let mask = self.vector_cond(nest, frame, cond, acc, site);
-                let a = self.eval(nest, frame, a, acc, site);
-                let b = self.eval(nest, frame, b, acc, site);
-                let mask = self
-                    .builder
-                    .ins()
-                    .bitcast(types::F32X4, lane_bitcast_flags(), mask);
-                self.builder.ins().bitselect(mask, a, b)
-            }
-            _ => self.eval_lanewise(nest, frame, expr, acc, site),
-        }
-    }
-
-    /// `expr` computed lane by lane with the scalar code, gathered into an `f32x4`.
-    fn eval_lanewise(
-        &mut self,
-        nest: &Contraction,
-        frame: &mut Frame,
-        expr: &Expr,
-        acc: Option<Value>,
-        site: Site,
-    ) -> Value {
-        let mut vector = None;
-        for k in 0..LANES {
-            let lane_acc = acc.map(|acc| self.builder.ins().extractlane(acc, k as u8));
-            let scalar = self.eval_lane(nest, frame, expr, lane_acc, site.u, site.lane + k);
-            vector = Some(match vector {
-                None => self.builder.ins().splat(types::F32X4, scalar),
-                Some(v) => self.builder.ins().insertlane(v, scalar, k as u8),
-            });
-        }
-        vector.expect("four lanes")
-    }
-
-    /// An `i32x4` lane mask of `cond`, which has no lane-dependent `InBounds`.
-    fn vector_cond(
-        &mut self,
-        nest: &Contraction,
-        frame: &mut Frame,
-        cond: &Cond,
-        acc: Option<Value>,
-        site: Site,
-    ) -> Value {
-        if !cond_depends_on(cond, nest.lane_var()) {
-            let holds = self.cond_lane(nest, frame, cond, None, site.u, site.lane);
-            let ones = self.builder.ins().iconst(types::I32, -1);
-            let ones = self.builder.ins().splat(types::I32X4, ones);
-            let zeros = self.builder.ins().iconst(types::I32, 0);
-            let zeros = self.builder.ins().splat(types::I32X4, zeros);
-            return self.builder.ins().select(holds, ones, zeros);
-        }
-        match cond {
-            Cond::InBounds(..) => unreachable!("lane-dependent guards are evaluated lane-wise"),
-            Cond::Cmp(op, a, b) => {
-                let a = self.eval(nest, frame, a, acc, site);
-                let b = self.eval(nest, frame, b, acc, site);
-                self.builder.ins().fcmp(float_cc(*op), a, b)
-            }
-            Cond::And(a, b) => {
-                let a = self.vector_cond(nest, frame, a, acc, site);
-                let b = self.vector_cond(nest, frame, b, acc, site);
-                self.builder.ins().band(a, b)
-            }
-        }
-    }
-
-    /// The scalar `f32` of `expr` at row `u`, lane `lane` of the block (`acc`: that output's sum).
-    fn eval_lane(
-        &mut self,
-        nest: &Contraction,
-        frame: &mut Frame,
-        expr: &Expr,
-        acc: Option<Value>,
-        u: i64,
-        lane: i64,
-    ) -> Value {
-        let mut recurse = |t: &mut Self, e: &Expr| t.eval_lane(nest, frame, e, acc, u, lane);
-        match expr {
-            Expr::Const(c) => self.builder.ins().f32const(*c),
-            Expr::Load(buf, index) => {
-                let (address, offset) = self.address(nest, frame, *buf, index, u, lane);
-                self.builder
-                    .ins()
-                    .load(types::F32, MemFlagsData::trusted(), address, offset)
-            }
-            Expr::Local(_) => acc.expect("only the epilogue reads a local: the sum"),
-            Expr::IndexValue(index) => {
-                let value = self.index_value(frame, index, u, lane);
-                self.builder.ins().fcvt_from_sint(types::F32, value)
-            }
-            Expr::Unary(op, a) => {
-                let a = recurse(self, a);
-                self.translate_unary(*op, a)
-            }
-            Expr::Binary(op, a, b) => {
-                let a = recurse(self, a);
-                let b = recurse(self, b);
-                self.translate_binary(*op, a, b)
-            }
-            Expr::Fma(a, b, c) => {
-                let a = recurse(self, a);
-                let b = recurse(self, b);
-                let c = recurse(self, c);
-                self.builder.ins().fma(a, b, c)
-            }
-            Expr::Select(cond, a, b) => {
-                let holds = self.cond_lane(nest, frame, cond, acc, u, lane);
-                let a = self.eval_lane(nest, frame, a, acc, u, lane);
-                let b = self.eval_lane(nest, frame, b, acc, u, lane);
-                self.builder.ins().select(holds, a, b)
-            }
-        }
-    }
-
-    /// An `i8` that is 1 when `cond` holds at row `u`, lane `lane` of the block.
-    fn cond_lane(
-        &mut self,
-        nest: &Contraction,
-        frame: &mut Frame,
-        cond: &Cond,
-        acc: Option<Value>,
-        u: i64,
-        lane: i64,
-    ) -> Value {
-        match cond {
-            Cond::InBounds(index, bound) => {
-                // 0 <= i < n as one unsigned comparison, as the scalar translation does.
-                let value = self.index_value(frame, index, u, lane);
-                self.builder
-                    .ins()
-                    .icmp_imm_s(IntCC::UnsignedLessThan, value, *bound)
-            }
-            Cond::Cmp(op, a, b) => {
-                let a = self.eval_lane(nest, frame, a, acc, u, lane);
-                let b = self.eval_lane(nest, frame, b, acc, u, lane);
-                self.builder.ins().fcmp(float_cc(*op), a, b)
-            }
-            Cond::And(a, b) => {
-                let a = self.cond_lane(nest, frame, a, acc, u, lane);
-                let b = self.cond_lane(nest, frame, b, acc, u, lane);
-                self.builder.ins().band(a, b)
-            }
-        }
-    }
-
     /// Stores the output at `site`: one vector store when `o` has unit stride in the lanes.
     fn store_output(&mut self, nest: &Contraction, frame: &mut Frame, site: Site, value: Value) {
         let unit = coefficients(nest.o).get(&nest.lane_var()) == Some(&1);
@@ -606,12 +397,4 @@ impl Translator<'_> {
                 .store(MemFlagsData::trusted(), scalar, address, offset);
         }
     }
-}
-
-/// Whether `cond` has an `InBounds` guard (or an index value) that varies along `lane`: such a
-/// `Select` is evaluated lane-wise.
-fn lane_dependent_guard(cond: &Cond, lane: Var) -> bool {
-    super::any_cond_index(cond, &mut |buf, index| {
-        buf.is_none() && coefficients(index).contains_key(&lane)
-    })
 }
