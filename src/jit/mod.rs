@@ -18,6 +18,7 @@
 //! race); the lowering keeps every reduction inside one iteration, so results are bitwise
 //! identical for every thread count.
 
+mod blocked;
 mod bounds;
 mod disjoint;
 mod math;
@@ -150,8 +151,9 @@ struct CompiledPiece {
 /// Choices of how kernels are compiled; [`Compiled::new`] uses the default.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CompileOptions {
-    /// Run legal innermost loops four iterations at a time in `f32x4` (`vector.rs`). The
-    /// results are bitwise the same either way; `false` exists to test and measure that.
+    /// Run contraction nests register-blocked (`blocked.rs`) and legal innermost loops four
+    /// iterations at a time in `f32x4` (`vector.rs`). The results are bitwise the same either
+    /// way; `false` exists to test and measure that.
     pub vectorize: bool,
 }
 

@@ -16,6 +16,7 @@ use cranelift_codegen::ir::{
 use cranelift_codegen::isa::{CallConv, TargetFrontendConfig};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
 
+use super::blocked;
 use super::math;
 use super::pieces::{used_buffers, used_locals, Piece};
 use super::vector;
@@ -80,6 +81,7 @@ pub(crate) fn translate_piece(
         bases,
         vars,
         locals,
+        local_uses: blocked::local_uses(stmts, kernel.locals),
         vectorize: options.vectorize,
     };
     match piece {
@@ -94,10 +96,14 @@ pub(crate) fn translate_piece(
 pub(super) struct Translator<'a> {
     pub(super) builder: FunctionBuilder<'a>,
     /// Base pointer of each buffer the piece uses, by `BufId`.
-    bases: Vec<Option<Value>>,
+    pub(super) bases: Vec<Option<Value>>,
     pub(super) vars: Vec<Variable>,
     locals: Vec<Variable>,
-    /// Whether innermost loops are vectorised when legal (`vector.rs`).
+    /// How many times the piece assigns or reads each local (`blocked.rs` needs a contraction's
+    /// sum to be used only inside its nest).
+    pub(super) local_uses: Vec<usize>,
+    /// Whether contraction nests are register-blocked (`blocked.rs`) and innermost loops
+    /// vectorised (`vector.rs`) when legal.
     vectorize: bool,
 }
 
@@ -140,6 +146,9 @@ impl Translator<'_> {
 
     /// `for var in start .. end { body }`, bottom-tested; `may_be_empty` adds the entry test.
     fn translate_counted_loop(&mut self, lp: &Loop, start: Value, end: Value, may_be_empty: bool) {
+        if self.vectorize && self.try_translate_contraction(lp, start, end, may_be_empty) {
+            return;
+        }
         if self.vectorize && vector::is_vectorizable(lp) {
             self.translate_vectorized_loop(lp, start, end);
             return;

@@ -104,12 +104,12 @@ fn coefficient(index: &Index, var: Var) -> i64 {
 }
 
 /// Flags of vector loads and stores: in bounds (proven), maybe unaligned (see the module doc).
-fn vector_flags() -> MemFlagsData {
+pub(super) fn vector_flags() -> MemFlagsData {
     MemFlagsData::new().with_notrap()
 }
 
 /// Flags of a bitcast between vector types, whose lane order Cranelift requires be explicit.
-fn lane_bitcast_flags() -> MemFlagsData {
+pub(super) fn lane_bitcast_flags() -> MemFlagsData {
     MemFlagsData::new().with_endianness(Endianness::Little)
 }
 

@@ -1,0 +1,232 @@
+//! Expressions of a blocked contraction nest at one output of a block ([`Site`]): lane-wise
+//! in `f32x4` where the scalar rounding has a lane-wise form, otherwise lane by lane with the
+//! scalar code (see `emit.rs`). `Local(acc)` reads that output's sum.
+
+use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::{types, InstBuilder, MemFlagsData, Value};
+
+use super::super::translate::{float_cc, Translator};
+use super::super::vector::{lane_bitcast_flags, vector_flags};
+use super::emit::{Frame, Site, LANES};
+use super::{coefficients, cond_depends_on, depends_on, Contraction};
+use crate::lower::loops::{Cond, Expr, Index, UnOp, Var};
+
+impl Translator<'_> {
+    /// The `i64` value of `index` at row `u` and lane `lane` of the block.
+    fn index_value(&mut self, frame: &Frame, index: &Index, u: i64, lane: i64) -> Value {
+        let coeffs = coefficients(index);
+        let mut constant = index.offset;
+        let mut sum = None;
+        for (&var, &coeff) in &coeffs {
+            match frame.row {
+                Some((row, _)) if row == var => constant = constant.wrapping_add(coeff * u),
+                _ if frame.lane.0 == var => constant = constant.wrapping_add(coeff * lane),
+                _ => {}
+            }
+            let value = self.var_value(frame, var);
+            let scaled = self.builder.ins().imul_imm_s(value, coeff);
+            sum = Some(match sum {
+                None => scaled,
+                Some(sum) => self.builder.ins().iadd(sum, scaled),
+            });
+        }
+        match sum {
+            None => self.builder.ins().iconst(types::I64, constant),
+            Some(sum) => self.builder.ins().iadd_imm_s(sum, constant),
+        }
+    }
+
+    /// `expr` at `site` (an `f32x4` or an `f32`), with `acc` the site's sum (epilogue only).
+    pub(super) fn eval(
+        &mut self,
+        nest: &Contraction,
+        frame: &mut Frame,
+        expr: &Expr,
+        acc: Option<Value>,
+        site: Site,
+    ) -> Value {
+        if site.width == 1 {
+            return self.eval_lane(nest, frame, expr, acc, site.u, site.lane);
+        }
+        if !depends_on(expr, nest.lane_var()) {
+            let scalar = self.eval_lane(nest, frame, expr, None, site.u, site.lane);
+            return self.builder.ins().splat(types::F32X4, scalar);
+        }
+        let mut recurse = |t: &mut Self, e: &Expr| t.eval(nest, frame, e, acc, site);
+        match expr {
+            Expr::Load(buf, index) if coefficients(index).get(&nest.lane_var()) == Some(&1) => {
+                let (address, offset) = self.address(nest, frame, *buf, index, site.u, site.lane);
+                self.builder
+                    .ins()
+                    .load(types::F32X4, vector_flags(), address, offset)
+            }
+            Expr::Local(_) => acc.expect("only the epilogue reads a local: the sum"),
+            Expr::Unary(op @ (UnOp::Neg | UnOp::Abs | UnOp::Sqrt), a) => {
+                let a = recurse(self, a);
+                self.translate_unary(*op, a)
+            }
+            Expr::Binary(op, a, b) => {
+                let a = recurse(self, a);
+                let b = recurse(self, b);
+                self.translate_binary(*op, a, b)
+            }
+            Expr::Fma(a, b, c) => {
+                let a = recurse(self, a);
+                let b = recurse(self, b);
+                let c = recurse(self, c);
+                self.builder.ins().fma(a, b, c)
+            }
+            Expr::Select(cond, a, b) if !lane_dependent_guard(cond, nest.lane_var()) => {
+                let mask = self.vector_cond(nest, frame, cond, acc, site);
+                let a = self.eval(nest, frame, a, acc, site);
+                let b = self.eval(nest, frame, b, acc, site);
+                let mask = self
+                    .builder
+                    .ins()
+                    .bitcast(types::F32X4, lane_bitcast_flags(), mask);
+                self.builder.ins().bitselect(mask, a, b)
+            }
+            _ => self.eval_lanewise(nest, frame, expr, acc, site),
+        }
+    }
+
+    /// `expr` computed lane by lane with the scalar code, gathered into an `f32x4`.
+    fn eval_lanewise(
+        &mut self,
+        nest: &Contraction,
+        frame: &mut Frame,
+        expr: &Expr,
+        acc: Option<Value>,
+        site: Site,
+    ) -> Value {
+        let mut vector = None;
+        for k in 0..LANES {
+            let lane_acc = acc.map(|acc| self.builder.ins().extractlane(acc, k as u8));
+            let scalar = self.eval_lane(nest, frame, expr, lane_acc, site.u, site.lane + k);
+            vector = Some(match vector {
+                None => self.builder.ins().splat(types::F32X4, scalar),
+                Some(v) => self.builder.ins().insertlane(v, scalar, k as u8),
+            });
+        }
+        vector.expect("four lanes")
+    }
+
+    /// An `i32x4` lane mask of `cond`, which has no lane-dependent `InBounds`.
+    fn vector_cond(
+        &mut self,
+        nest: &Contraction,
+        frame: &mut Frame,
+        cond: &Cond,
+        acc: Option<Value>,
+        site: Site,
+    ) -> Value {
+        if !cond_depends_on(cond, nest.lane_var()) {
+            let holds = self.cond_lane(nest, frame, cond, None, site.u, site.lane);
+            let ones = self.builder.ins().iconst(types::I32, -1);
+            let ones = self.builder.ins().splat(types::I32X4, ones);
+            let zeros = self.builder.ins().iconst(types::I32, 0);
+            let zeros = self.builder.ins().splat(types::I32X4, zeros);
+            return self.builder.ins().select(holds, ones, zeros);
+        }
+        match cond {
+            Cond::InBounds(..) => unreachable!("lane-dependent guards are evaluated lane-wise"),
+            Cond::Cmp(op, a, b) => {
+                let a = self.eval(nest, frame, a, acc, site);
+                let b = self.eval(nest, frame, b, acc, site);
+                self.builder.ins().fcmp(float_cc(*op), a, b)
+            }
+            Cond::And(a, b) => {
+                let a = self.vector_cond(nest, frame, a, acc, site);
+                let b = self.vector_cond(nest, frame, b, acc, site);
+                self.builder.ins().band(a, b)
+            }
+        }
+    }
+
+    /// The scalar `f32` of `expr` at row `u`, lane `lane` of the block (`acc`: that output's sum).
+    fn eval_lane(
+        &mut self,
+        nest: &Contraction,
+        frame: &mut Frame,
+        expr: &Expr,
+        acc: Option<Value>,
+        u: i64,
+        lane: i64,
+    ) -> Value {
+        let mut recurse = |t: &mut Self, e: &Expr| t.eval_lane(nest, frame, e, acc, u, lane);
+        match expr {
+            Expr::Const(c) => self.builder.ins().f32const(*c),
+            Expr::Load(buf, index) => {
+                let (address, offset) = self.address(nest, frame, *buf, index, u, lane);
+                self.builder
+                    .ins()
+                    .load(types::F32, MemFlagsData::trusted(), address, offset)
+            }
+            Expr::Local(_) => acc.expect("only the epilogue reads a local: the sum"),
+            Expr::IndexValue(index) => {
+                let value = self.index_value(frame, index, u, lane);
+                self.builder.ins().fcvt_from_sint(types::F32, value)
+            }
+            Expr::Unary(op, a) => {
+                let a = recurse(self, a);
+                self.translate_unary(*op, a)
+            }
+            Expr::Binary(op, a, b) => {
+                let a = recurse(self, a);
+                let b = recurse(self, b);
+                self.translate_binary(*op, a, b)
+            }
+            Expr::Fma(a, b, c) => {
+                let a = recurse(self, a);
+                let b = recurse(self, b);
+                let c = recurse(self, c);
+                self.builder.ins().fma(a, b, c)
+            }
+            Expr::Select(cond, a, b) => {
+                let holds = self.cond_lane(nest, frame, cond, acc, u, lane);
+                let a = self.eval_lane(nest, frame, a, acc, u, lane);
+                let b = self.eval_lane(nest, frame, b, acc, u, lane);
+                self.builder.ins().select(holds, a, b)
+            }
+        }
+    }
+
+    /// An `i8` that is 1 when `cond` holds at row `u`, lane `lane` of the block.
+    fn cond_lane(
+        &mut self,
+        nest: &Contraction,
+        frame: &mut Frame,
+        cond: &Cond,
+        acc: Option<Value>,
+        u: i64,
+        lane: i64,
+    ) -> Value {
+        match cond {
+            Cond::InBounds(index, bound) => {
+                // 0 <= i < n as one unsigned comparison, as the scalar translation does.
+                let value = self.index_value(frame, index, u, lane);
+                self.builder
+                    .ins()
+                    .icmp_imm_s(IntCC::UnsignedLessThan, value, *bound)
+            }
+            Cond::Cmp(op, a, b) => {
+                let a = self.eval_lane(nest, frame, a, acc, u, lane);
+                let b = self.eval_lane(nest, frame, b, acc, u, lane);
+                self.builder.ins().fcmp(float_cc(*op), a, b)
+            }
+            Cond::And(a, b) => {
+                let a = self.cond_lane(nest, frame, a, acc, u, lane);
+                let b = self.cond_lane(nest, frame, b, acc, u, lane);
+                self.builder.ins().band(a, b)
+            }
+        }
+    }
+}
+
+/// Whether `cond` has an `InBounds` guard (or an index value) that varies along `lane`: such a
+/// `Select` is evaluated lane-wise.
+fn lane_dependent_guard(cond: &Cond, lane: Var) -> bool {
+    super::any_cond_index(cond, &mut |buf, index| {
+        buf.is_none() && coefficients(index).contains_key(&lane)
+    })
+}
