@@ -11,8 +11,8 @@
 //! - every buffer the body writes is written and read at one and the same index, so no
 //!   iteration reads or overwrites another iteration's element (no loop-carried dependence);
 //!   other loads have any coefficient: 0 (one element, splat), 1 (`load.f32x4`) or another
-//!   stride (pooling windows, strided convolutions: four scalar loads and `insertlane`, which
-//!   still vectorises the arithmetic around them);
+//!   stride, negative included (a gather: four scalar loads and `insertlane`, which still
+//!   vectorises the arithmetic around them);
 //! - every operation has a lane-wise form with the scalar rounding: `fadd`, `fsub`, `fmul`,
 //!   `fdiv`, `fma`, `fneg`, `fabs`, `sqrt`, `fmin`, `fmax`, `exp` and `ln` (`math.rs`
 //!   computes them on either shape with the same instructions), comparisons as lane masks
