@@ -370,3 +370,40 @@ fn golden_networks_match_reference() {
 fn lenet_matches_reference() {
     check_plan(&load("models/lenet.cnn"), 2, Loss::CrossEntropy, 8);
 }
+
+/// The backward scatters of a padded strided max pool and a padded strided convolution (whose
+/// writes reach into the padding, under `InBounds` guards) are split across threads: each
+/// kernel runs a parallel piece, and the step matches the reference and, bitwise, one thread.
+#[test]
+fn padded_strided_backward_kernels_run_in_parallel() {
+    let source = "network padded {
+        input [2, 7, 7]
+        conv 3 kernel=3 stride=2 padding=1   # [3, 4, 4]
+        relu
+        conv 4 kernel=3 stride=2 padding=1   # [4, 2, 2]
+        maxpool kernel=3 stride=2 padding=1  # [4, 1, 1]
+        flatten
+        dense 3
+    }";
+    let mut sources = SourceMap::default();
+    let graph = cnnc::load_str("padded.cnn", source, &mut sources)
+        .unwrap_or_else(|e| panic!("{e:?}"))
+        .into_iter()
+        .next()
+        .expect("the source defines a network");
+    check_plan(&graph, 3, Loss::CrossEntropy, 9);
+    let plan = plan(&graph, 3, Loss::CrossEntropy);
+    let lens: Vec<usize> = plan.buffers.iter().map(|b| b.len).collect();
+    for name in ["conv2.backward_input", "maxpool1.backward_input"] {
+        let kernel = plan
+            .kernels
+            .iter()
+            .find(|k| k.name == name)
+            .unwrap_or_else(|| panic!("no kernel {name}"));
+        let clif = cnnc::jit::clif_text(kernel, &lens).expect("kernel compiles");
+        assert!(
+            clif.contains(": parallel over"),
+            "{name} is not split:\n{clif}"
+        );
+    }
+}

@@ -235,7 +235,7 @@ fn collect_guards<'k>(cond: &'k Cond, guards: &mut Vec<(&'k Index, i64)>) {
 
 /// `index`'s terms with repeated variables added up and zero coefficients dropped, in i128 so
 /// that no product or sum of the checks can overflow.
-fn merged_terms(index: &Index) -> Vec<(Var, i128)> {
+pub(super) fn merged_terms(index: &Index) -> Vec<(Var, i128)> {
     let mut terms: Vec<(Var, i128)> = Vec::new();
     for &(var, coeff) in &index.terms {
         subtract_term(&mut terms, var, -(coeff as i128));
@@ -243,7 +243,7 @@ fn merged_terms(index: &Index) -> Vec<(Var, i128)> {
     terms
 }
 
-fn subtract_term(terms: &mut Vec<(Var, i128)>, var: Var, coeff: i128) {
+pub(super) fn subtract_term(terms: &mut Vec<(Var, i128)>, var: Var, coeff: i128) {
     match terms.iter().position(|&(v, _)| v == var) {
         Some(i) => terms[i].1 -= coeff,
         None => terms.push((var, -coeff)),
@@ -252,7 +252,7 @@ fn subtract_term(terms: &mut Vec<(Var, i128)>, var: Var, coeff: i128) {
 }
 
 /// The `m != 0` such that `terms` contains `m·guard_terms` exactly, if any.
-fn whole_multiple(terms: &[(Var, i128)], guard_terms: &[(Var, i128)]) -> Option<i128> {
+pub(super) fn whole_multiple(terms: &[(Var, i128)], guard_terms: &[(Var, i128)]) -> Option<i128> {
     let coeff_of = |var: Var| {
         terms
             .iter()

@@ -21,7 +21,9 @@ use super::math;
 use super::pieces::{used_buffers, used_locals, Piece};
 use super::vector;
 use super::CompileOptions;
-use crate::lower::loops::{BinOp, BufId, CmpOp, Cond, Expr, Index, Kernel, Loop, Stmt, UnOp};
+use crate::lower::loops::{
+    BinOp, BufId, CmpOp, Cond, Expr, Index, Kernel, Local, Loop, Stmt, UnOp,
+};
 
 /// The signature of every generated function: `(table, lo, hi)`.
 pub(crate) fn piece_signature(call_conv: CallConv, pointer_type: Type) -> Signature {
@@ -286,6 +288,12 @@ impl Translator<'_> {
         self.builder
             .ins()
             .store(MemFlagsData::trusted(), value, address, offset);
+    }
+
+    /// Sets `local` to `value` from here on (the vectoriser gives a local assigned in a vector
+    /// loop its last lane).
+    pub(super) fn define_local(&mut self, local: Local, value: Value) {
+        self.builder.def_var(self.locals[local.0 as usize], value);
     }
 
     /// `(base + Σ 4·coeff·var, 4·offset)`: the constant byte offset goes in the instruction

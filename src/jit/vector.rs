@@ -3,20 +3,24 @@
 //! Cranelift 0.135 on x64 has no 256-bit types (issue 5), so a vector is `f32x4`. A loop is
 //! vectorised when [`is_vectorizable`] proves that running iterations `v .. v+4` lane-wise
 //! computes, for every element, exactly the operations the scalar loop does in the same order:
-//! - the body is only `Store`/`Accumulate` (no nested loop, `If` or `Let`; locals are then
-//!   invariant in the loop and become splats);
+//! - the body is only `Store`/`Accumulate`/`Let` (no nested loop or `If`); a local the body
+//!   assigns is assigned before the body reads it (else it would carry a value from the
+//!   previous iteration, as a reduction does) and becomes one `f32x4`, whose last lane it
+//!   holds after the loop; other locals are invariant in the loop and become splats;
 //! - every store's index has coefficient 1 on the loop variable (four contiguous elements);
 //! - every buffer the body writes is written and read at one and the same index, so no
 //!   iteration reads or overwrites another iteration's element (no loop-carried dependence);
-//!   other loads have coefficient 0 (one element, splat) or 1 (`load.f32x4`);
+//!   other loads have any coefficient: 0 (one element, splat), 1 (`load.f32x4`) or another
+//!   stride, negative included (a gather: four scalar loads and `insertlane`, which still
+//!   vectorises the arithmetic around them);
 //! - every operation has a lane-wise form with the scalar rounding: `fadd`, `fsub`, `fmul`,
-//!   `fdiv`, `fma`, `fneg`, `fabs`, `sqrt`, `fmin`, `fmax`, comparisons as lane masks with
-//!   `bitselect` for `Select`; `InBounds` only when invariant (a scalar condition, splat).
+//!   `fdiv`, `fma`, `fneg`, `fabs`, `sqrt`, `fmin`, `fmax`, `exp` and `ln` (`math.rs`
+//!   computes them on either shape with the same instructions), comparisons as lane masks
+//!   with `bitselect` for `Select`; `InBounds` only when invariant (a scalar condition, splat).
 //!   One measured exception to "bitwise": when an input of `fmin`/`fmax` is NaN, both forms
 //!   return NaN, but x64's scalar sequence returns `0x7fc00000` where the vector one returns
 //!   `0xffc00000` (sign bit set). The loop IR excludes NaN inputs to `Max`/`Min`
 //!   (`lower::loops`), and refusing them would leave every relu scalar, so they are kept.
-//!   `exp` and `ln` are refused: their polynomials (`math.rs`) are written for scalars.
 //!
 //! Each lane then performs the scalar iteration's operations on the same inputs, so the
 //! results are bitwise those of the scalar translation (tested below against it and against
@@ -28,13 +32,13 @@
 //! address that is not a multiple of 16 (`is_mergeable_load` and `XmmMemAligned` in
 //! cranelift-codegen's x64 backend); our rows start anywhere.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{types, Endianness, InstBuilder, MemFlagsData, Value};
 
 use super::translate::{float_cc, Translator};
-use crate::lower::loops::{BufId, Cond, Expr, Index, Loop, Stmt, UnOp, Var};
+use crate::lower::loops::{BufId, Cond, Expr, Index, Local, Loop, Stmt, UnOp, Var};
 
 /// Lanes of an `f32x4`.
 const LANES: i64 = 4;
@@ -44,51 +48,76 @@ const LANES: i64 = 4;
 pub(super) fn is_vectorizable(lp: &Loop) -> bool {
     let var = lp.var;
     let mut written: BTreeMap<BufId, &Index> = BTreeMap::new();
+    let mut assigned_in_body = BTreeSet::new();
     for stmt in &lp.body {
-        let (Stmt::Store(buf, index, _) | Stmt::Accumulate(buf, index, _)) = stmt else {
-            return false;
-        };
-        if coefficient(index, var) != 1 || *written.entry(*buf).or_insert(index) != index {
-            return false;
+        match stmt {
+            Stmt::Store(buf, index, _) | Stmt::Accumulate(buf, index, _) => {
+                if coefficient(index, var) != 1 || *written.entry(*buf).or_insert(index) != index {
+                    return false;
+                }
+            }
+            Stmt::Let(local, _) => {
+                assigned_in_body.insert(*local);
+            }
+            Stmt::Loop(_) | Stmt::If(..) => return false,
         }
     }
+    let mut legality = Legality {
+        var,
+        written,
+        assigned_in_body,
+        assigned_so_far: BTreeSet::new(),
+    };
     lp.body.iter().all(|stmt| match stmt {
-        Stmt::Store(_, _, value) | Stmt::Accumulate(_, _, value) => {
-            expr_is_vectorizable(value, var, &written)
+        Stmt::Store(_, _, value) | Stmt::Accumulate(_, _, value) => legality.expr(value),
+        Stmt::Let(local, value) => {
+            let legal = legality.expr(value);
+            legality.assigned_so_far.insert(*local);
+            legal
         }
-        Stmt::Loop(_) | Stmt::If(..) | Stmt::Let(..) => false,
+        Stmt::Loop(_) | Stmt::If(..) => false,
     })
 }
 
-fn expr_is_vectorizable(expr: &Expr, var: Var, written: &BTreeMap<BufId, &Index>) -> bool {
-    let recurse = |e: &Expr| expr_is_vectorizable(e, var, written);
-    match expr {
-        Expr::Const(_) | Expr::Local(_) => true,
-        Expr::Load(buf, index) => match written.get(buf) {
-            Some(store_index) => *store_index == index,
-            None => matches!(coefficient(index, var), 0 | 1),
-        },
-        Expr::IndexValue(index) => matches!(coefficient(index, var), 0 | 1),
-        Expr::Unary(op, a) => match op {
-            UnOp::Neg | UnOp::Sqrt | UnOp::Abs => recurse(a),
-            UnOp::Exp | UnOp::Ln => false,
-        },
-        Expr::Binary(_, a, b) => recurse(a) && recurse(b),
-        Expr::Fma(a, b, c) => recurse(a) && recurse(b) && recurse(c),
-        Expr::Select(cond, a, b) => {
-            cond_is_vectorizable(cond, var, written) && recurse(a) && recurse(b)
-        }
-    }
+/// What an expression of the body of a loop over `var` may read.
+struct Legality<'l> {
+    var: Var,
+    /// The one index at which the body writes each buffer it writes.
+    written: BTreeMap<BufId, &'l Index>,
+    /// The locals the body assigns (each iteration its own value: one per lane).
+    assigned_in_body: BTreeSet<Local>,
+    /// Those assigned by the statements before the current one. A local the body assigns but
+    /// reads before assigning carries a value from the previous iteration (a reduction such as
+    /// `l0 = l0 + x[i]`), which lanes computed side by side cannot have.
+    assigned_so_far: BTreeSet<Local>,
 }
 
-fn cond_is_vectorizable(cond: &Cond, var: Var, written: &BTreeMap<BufId, &Index>) -> bool {
-    match cond {
-        Cond::InBounds(index, _) => coefficient(index, var) == 0,
-        Cond::Cmp(_, a, b) => {
-            expr_is_vectorizable(a, var, written) && expr_is_vectorizable(b, var, written)
+impl Legality<'_> {
+    fn expr(&self, expr: &Expr) -> bool {
+        match expr {
+            Expr::Const(_) => true,
+            Expr::Local(local) => {
+                !self.assigned_in_body.contains(local) || self.assigned_so_far.contains(local)
+            }
+            Expr::Load(buf, index) => match self.written.get(buf) {
+                Some(store_index) => *store_index == index,
+                None => true,
+            },
+            Expr::IndexValue(_) => true,
+            Expr::Unary(op, a) => match op {
+                UnOp::Neg | UnOp::Sqrt | UnOp::Abs | UnOp::Exp | UnOp::Ln => self.expr(a),
+            },
+            Expr::Binary(_, a, b) => self.expr(a) && self.expr(b),
+            Expr::Fma(a, b, c) => self.expr(a) && self.expr(b) && self.expr(c),
+            Expr::Select(cond, a, b) => self.cond(cond) && self.expr(a) && self.expr(b),
         }
-        Cond::And(a, b) => {
-            cond_is_vectorizable(a, var, written) && cond_is_vectorizable(b, var, written)
+    }
+
+    fn cond(&self, cond: &Cond) -> bool {
+        match cond {
+            Cond::InBounds(index, _) => coefficient(index, self.var) == 0,
+            Cond::Cmp(_, a, b) => self.expr(a) && self.expr(b),
+            Cond::And(a, b) => self.cond(a) && self.cond(b),
         }
     }
 }
@@ -102,6 +131,10 @@ fn coefficient(index: &Index, var: Var) -> i64 {
         .map(|(_, c)| c)
         .sum()
 }
+
+/// The `f32x4` value of each local the vector body has assigned so far (one lane per
+/// iteration); other locals are invariant in the loop and read as splats.
+type VectorLocals = BTreeMap<Local, Value>;
 
 /// Flags of vector loads and stores: in bounds (proven), maybe unaligned (see the module doc).
 pub(super) fn vector_flags() -> MemFlagsData {
@@ -131,8 +164,14 @@ impl Translator<'_> {
             .brif(four_left, vector_block, &[], remainder_test, &[]);
 
         self.builder.switch_to_block(vector_block);
+        let mut lanes = VectorLocals::new();
         for stmt in &lp.body {
-            self.translate_vector_stmt(lp.var, stmt);
+            self.translate_vector_stmt(lp.var, &mut lanes, stmt);
+        }
+        // A local assigned in the body holds, after the loop, the last iteration's value.
+        for (local, value) in lanes {
+            let last = self.builder.ins().extractlane(value, (LANES - 1) as u8);
+            self.define_local(local, last);
         }
         let current = self.builder.use_var(var);
         let next = self.builder.ins().iadd_imm_s(current, LANES);
@@ -175,57 +214,66 @@ impl Translator<'_> {
             .icmp(IntCC::SignedLessThanOrEqual, last_lane_end, end)
     }
 
-    fn translate_vector_stmt(&mut self, var: Var, stmt: &Stmt) {
+    fn translate_vector_stmt(&mut self, var: Var, lanes: &mut VectorLocals, stmt: &Stmt) {
         match stmt {
             Stmt::Store(buf, index, value) => {
-                let value = self.translate_vector_expr(var, value);
+                let value = self.translate_vector_expr(var, lanes, value);
                 self.translate_vector_store(*buf, index, value);
             }
             Stmt::Accumulate(buf, index, value) => {
                 // As the scalar form: the value first, then the old element, then the sum.
-                let value = self.translate_vector_expr(var, value);
+                let value = self.translate_vector_expr(var, lanes, value);
                 let old = self.translate_vector_load(*buf, index);
                 let sum = self.builder.ins().fadd(old, value);
                 self.translate_vector_store(*buf, index, sum);
             }
-            Stmt::Loop(_) | Stmt::If(..) | Stmt::Let(..) => {
-                unreachable!("is_vectorizable admits only stores and accumulations")
+            Stmt::Let(local, value) => {
+                let value = self.translate_vector_expr(var, lanes, value);
+                lanes.insert(*local, value);
+            }
+            Stmt::Loop(_) | Stmt::If(..) => {
+                unreachable!("is_vectorizable admits only stores, accumulations and lets")
             }
         }
     }
 
     /// The `f32x4` of `expr` for iterations `var .. var+4`.
-    fn translate_vector_expr(&mut self, var: Var, expr: &Expr) -> Value {
+    fn translate_vector_expr(&mut self, var: Var, lanes: &VectorLocals, expr: &Expr) -> Value {
         match expr {
-            Expr::Const(_) | Expr::Local(_) => self.translate_splat(expr),
+            Expr::Const(_) => self.translate_splat(expr),
+            Expr::Local(local) => match lanes.get(local) {
+                Some(value) => *value,
+                None => self.translate_splat(expr),
+            },
             Expr::Load(buf, index) => match coefficient(index, var) {
                 0 => self.translate_splat(expr),
-                _ => self.translate_vector_load(*buf, index),
+                1 => self.translate_vector_load(*buf, index),
+                stride => self.translate_gathered_load(*buf, index, stride),
             },
             Expr::IndexValue(index) => match coefficient(index, var) {
                 0 => self.translate_splat(expr),
-                _ => self.translate_lane_indices(index),
+                stride => self.translate_lane_indices(index, stride),
             },
             Expr::Unary(op, a) => {
-                let a = self.translate_vector_expr(var, a);
-                // Neg, Abs and Sqrt only (is_vectorizable): the same instructions as scalars.
+                let a = self.translate_vector_expr(var, lanes, a);
+                // The same instructions as scalars (exp and ln: math.rs, lane-wise).
                 self.translate_unary(*op, a)
             }
             Expr::Binary(op, a, b) => {
-                let a = self.translate_vector_expr(var, a);
-                let b = self.translate_vector_expr(var, b);
+                let a = self.translate_vector_expr(var, lanes, a);
+                let b = self.translate_vector_expr(var, lanes, b);
                 self.translate_binary(*op, a, b)
             }
             Expr::Fma(a, b, c) => {
-                let a = self.translate_vector_expr(var, a);
-                let b = self.translate_vector_expr(var, b);
-                let c = self.translate_vector_expr(var, c);
+                let a = self.translate_vector_expr(var, lanes, a);
+                let b = self.translate_vector_expr(var, lanes, b);
+                let c = self.translate_vector_expr(var, lanes, c);
                 self.builder.ins().fma(a, b, c)
             }
             Expr::Select(cond, a, b) => {
-                let mask = self.translate_vector_cond(var, cond);
-                let a = self.translate_vector_expr(var, a);
-                let b = self.translate_vector_expr(var, b);
+                let mask = self.translate_vector_cond(var, lanes, cond);
+                let a = self.translate_vector_expr(var, lanes, a);
+                let b = self.translate_vector_expr(var, lanes, b);
                 let mask = self
                     .builder
                     .ins()
@@ -236,7 +284,7 @@ impl Translator<'_> {
     }
 
     /// An `i32x4` lane mask (all ones where `cond` holds).
-    fn translate_vector_cond(&mut self, var: Var, cond: &Cond) -> Value {
+    fn translate_vector_cond(&mut self, var: Var, lanes: &VectorLocals, cond: &Cond) -> Value {
         match cond {
             Cond::InBounds(..) => {
                 // Invariant in the loop (is_vectorizable): one scalar test, widened to a mask.
@@ -248,13 +296,13 @@ impl Translator<'_> {
                 self.builder.ins().select(holds, ones, zeros)
             }
             Cond::Cmp(op, a, b) => {
-                let a = self.translate_vector_expr(var, a);
-                let b = self.translate_vector_expr(var, b);
+                let a = self.translate_vector_expr(var, lanes, a);
+                let b = self.translate_vector_expr(var, lanes, b);
                 self.builder.ins().fcmp(float_cc(*op), a, b)
             }
             Cond::And(a, b) => {
-                let a = self.translate_vector_cond(var, a);
-                let b = self.translate_vector_cond(var, b);
+                let a = self.translate_vector_cond(var, lanes, a);
+                let b = self.translate_vector_cond(var, lanes, b);
                 self.builder.ins().band(a, b)
             }
         }
@@ -266,14 +314,17 @@ impl Translator<'_> {
         self.builder.ins().splat(types::F32X4, scalar)
     }
 
-    /// `[i, i+1, i+2, i+3]` as `f32`, each converted from `i64` as the scalar form does (so
-    /// that even values beyond 2^24 round alike).
-    fn translate_lane_indices(&mut self, index: &Index) -> Value {
+    /// `[i, i+s, i+2s, i+3s]` for a stride `s`, as `f32`, each converted from `i64` as the
+    /// scalar form does (so that even values beyond 2^24 round alike).
+    fn translate_lane_indices(&mut self, index: &Index, stride: i64) -> Value {
         let first = self.translate_index(index);
         let first_float = self.builder.ins().fcvt_from_sint(types::F32, first);
         let mut lanes = self.builder.ins().splat(types::F32X4, first_float);
         for lane in 1..LANES {
-            let value = self.builder.ins().iadd_imm_s(first, lane);
+            let value = self
+                .builder
+                .ins()
+                .iadd_imm_s(first, lane.wrapping_mul(stride));
             let value = self.builder.ins().fcvt_from_sint(types::F32, value);
             lanes = self.builder.ins().insertlane(lanes, value, lane as u8);
         }
@@ -285,6 +336,34 @@ impl Translator<'_> {
         self.builder
             .ins()
             .load(types::F32X4, vector_flags(), address, offset)
+    }
+
+    /// The four elements at `index` for iterations `var .. var+4` when they are not contiguous
+    /// (`stride` elements apart, negative or more than 1): one scalar load per lane, each the
+    /// scalar iteration's own load.
+    fn translate_gathered_load(&mut self, buf: BufId, index: &Index, stride: i64) -> Value {
+        let (address, offset) = self.translate_address(buf, index);
+        let f32_bytes = i64::from(types::F32.bytes());
+        let mut lanes = None;
+        for lane in 0..LANES {
+            let lane_offset =
+                i64::from(offset).wrapping_add(lane.wrapping_mul(stride).wrapping_mul(f32_bytes));
+            let (lane_address, lane_offset) = match i32::try_from(lane_offset) {
+                Ok(lane_offset) => (address, lane_offset),
+                Err(_) => (self.builder.ins().iadd_imm_s(address, lane_offset), 0),
+            };
+            let value = self.builder.ins().load(
+                types::F32,
+                MemFlagsData::trusted(),
+                lane_address,
+                lane_offset,
+            );
+            lanes = Some(match lanes {
+                None => self.builder.ins().splat(types::F32X4, value),
+                Some(lanes) => self.builder.ins().insertlane(lanes, value, lane as u8),
+            });
+        }
+        lanes.expect("a vector has lanes")
     }
 
     fn translate_vector_store(&mut self, buf: BufId, index: &Index, value: Value) {
@@ -336,12 +415,20 @@ mod tests {
             index(&[(0, 2), (0, -1)], 0),
             x(&[], 3)
         )));
-        // Strided store, strided load, and an index that is not affine in lanes.
+        // A strided store is refused; strided and reversed loads of a buffer the loop does not
+        // write are gathered lane by lane.
         assert!(!is_vectorizable(&store(index(&[(0, 2)], 0), x(&[], 0))));
-        assert!(!is_vectorizable(&store(
+        assert!(is_vectorizable(&store(
             index(&[(0, 1)], 0),
             x(&[(0, 2)], 0)
         )));
+        assert!(is_vectorizable(&store(
+            index(&[(0, 1)], 0),
+            x(&[(0, -3)], 30)
+        )));
+        // ... but not a strided load of the buffer being written (another iteration's element).
+        let strided_self = Expr::Load(BufId(2), index(&[(0, 2)], 0));
+        assert!(!is_vectorizable(&store(index(&[(0, 1)], 0), strided_self)));
         // A loop-carried dependence: y[i] = y[i - 1] reads the previous iteration's store.
         let shifted = Expr::Load(BufId(2), index(&[(0, 1)], -1));
         assert!(!is_vectorizable(&store(index(&[(0, 1)], 1), shifted)));
@@ -356,17 +443,47 @@ mod tests {
             ],
         ));
         assert!(!is_vectorizable(&two_writes));
-        // exp, a lane-dependent guard, a local written in the body, a nested loop.
+        // exp and ln have lane-wise forms.
         let exp = Expr::Unary(UnOp::Exp, load(0, &[(0, 1)], 0));
-        assert!(!is_vectorizable(&store(index(&[(0, 1)], 0), exp)));
+        assert!(is_vectorizable(&store(index(&[(0, 1)], 0), exp)));
+        let ln = Expr::Unary(UnOp::Ln, load(0, &[(0, 1)], 0));
+        assert!(is_vectorizable(&store(index(&[(0, 1)], 0), ln)));
+        // A lane-dependent guard, a local the body reads before assigning (a reduction), a
+        // nested loop.
         let guarded = Expr::Select(
             Box::new(Cond::InBounds(index(&[(0, 1)], -2), 8)),
             load(0, &[(0, 1)], 0),
             Box::new(Expr::Const(0.0)),
         );
         assert!(!is_vectorizable(&store(index(&[(0, 1)], 0), guarded)));
-        let with_let = inner(lp(0, 8, false, vec![Stmt::Let(Local(0), x(&[], 0))]));
-        assert!(!is_vectorizable(&with_let));
+        let sum = Expr::Binary(
+            BinOp::Add,
+            Box::new(Expr::Local(Local(0))),
+            load(0, &[(0, 1)], 0),
+        );
+        let reduction = inner(lp(0, 8, false, vec![Stmt::Let(Local(0), sum)]));
+        assert!(!is_vectorizable(&reduction));
+        let read_then_assigned = inner(lp(
+            0,
+            8,
+            false,
+            vec![
+                Stmt::Store(BufId(2), index(&[(0, 1)], 0), Expr::Local(Local(0))),
+                Stmt::Let(Local(0), x(&[(0, 1)], 0)),
+            ],
+        ));
+        assert!(!is_vectorizable(&read_then_assigned));
+        // Assigned, then read: one value per lane.
+        let assigned_then_read = inner(lp(
+            0,
+            8,
+            false,
+            vec![
+                Stmt::Let(Local(0), x(&[(0, 1)], 0)),
+                Stmt::Store(BufId(2), index(&[(0, 1)], 0), Expr::Local(Local(0))),
+            ],
+        ));
+        assert!(is_vectorizable(&assigned_then_read));
         assert!(!is_vectorizable(&inner(lp(0, 8, false, vec![axpy(3)]))));
     }
 
@@ -412,6 +529,13 @@ mod tests {
             Expr::Unary(UnOp::Neg, x(0)),
             Expr::Unary(UnOp::Abs, x(0)),
             Expr::Unary(UnOp::Sqrt, x(0)),
+            Expr::Unary(UnOp::Exp, x(0)),
+            Expr::Unary(UnOp::Ln, x(0)),
+            // Strided, reversed and (for n = 0 or 1) degenerate gathers: stride 2 reads x[1..]
+            // of the next rows too, which are in the buffer.
+            *load(0, &[(1, 2)], 0),
+            *load(0, &[(0, 1), (1, -1)], 11),
+            Expr::IndexValue(index(&[(1, -3), (0, 2)], 7)),
             Expr::Fma(x(0), z(), load(1, &[], 3)),
             Expr::IndexValue(index(&[(1, 1), (0, 3)], -5)),
             Expr::Select(
@@ -443,6 +567,8 @@ mod tests {
         ] {
             exprs.push(cmp(op));
         }
+        // Besides NaN, infinities, signed zeros and subnormals: the edges of exp's range
+        // (math.rs) and values far beyond them, where its clamps and replacements act.
         let specials = [
             f32::NAN,
             -0.0,
@@ -450,8 +576,18 @@ mod tests {
             f32::INFINITY,
             f32::NEG_INFINITY,
             1e-40,
+            -1e-40,
+            f32::MIN_POSITIVE,
             -3.5,
             2.0,
+            88.37,
+            88.38,
+            -87.336_54,
+            -87.34,
+            -103.5,
+            1e30,
+            -1e30,
+            f32::MAX,
         ];
         let mut rng = Rng(7);
         for expr in exprs {
@@ -469,7 +605,8 @@ mod tests {
                             lp(1, n, false, vec![Stmt::Store(BufId(2), row, expr.clone())]),
                         ],
                     )];
-                    let len = rows * (n + 1) + 1;
+                    // Room for the reversed gather's offset.
+                    let len = rows * (n + 1) + 16;
                     let mut bufs = Buffers::new(&[len, len, len]);
                     for b in 0..2 {
                         for v in bufs.get_mut(BufId(b)) {
@@ -529,6 +666,54 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_local_assigned_in_the_loop_is_per_lane_and_keeps_the_last_value_after_it() {
+        // for i in 0..n { l0 = -x[i]; y[i] = 1 / (1 + exp(l0)) }  z[0] = l0  (a sigmoid).
+        for n in 0..=9 {
+            let body = vec![
+                lp(
+                    0,
+                    n,
+                    false,
+                    vec![
+                        Stmt::Let(Local(0), Expr::Unary(UnOp::Neg, load(0, &[(0, 1)], 0))),
+                        Stmt::Store(
+                            BufId(1),
+                            index(&[(0, 1)], 0),
+                            Expr::Binary(
+                                BinOp::Div,
+                                Box::new(Expr::Const(1.0)),
+                                Box::new(Expr::Binary(
+                                    BinOp::Add,
+                                    Box::new(Expr::Const(1.0)),
+                                    Box::new(Expr::Unary(
+                                        UnOp::Exp,
+                                        Box::new(Expr::Local(Local(0))),
+                                    )),
+                                )),
+                            ),
+                        ),
+                    ],
+                ),
+                Stmt::Store(BufId(2), index(&[], 0), Expr::Local(Local(0))),
+            ];
+            let kernel = kernel(1, 1, body);
+            let mut bufs = Buffers::new(&[9, 9, 1]);
+            let mut rng = Rng(n as u64);
+            for v in bufs.get_mut(BufId(0)) {
+                *v = rng.value();
+            }
+            let (vector, scalar) = both_ways(&kernel, &bufs, 1);
+            assert_eq!(bits(&vector), bits(&scalar), "n = {n}");
+            let last = if n == 0 {
+                0.0
+            } else {
+                -bufs.get(BufId(0))[n - 1]
+            };
+            assert_eq!(vector.get(BufId(2))[0].to_bits(), last.to_bits(), "n = {n}");
+        }
+    }
+
     const INPUT_LEN: usize = 40;
     const ROW: usize = 16;
 
@@ -540,6 +725,9 @@ mod tests {
         extent: usize,
         /// The offset each output is usually stored at.
         out_offsets: [i64; 2],
+        /// Whether the kernel uses `exp` or `ln`, whose inline polynomials (math.rs) differ from
+        /// the interpreter's libm by an ulp or so.
+        transcendental: bool,
     }
 
     const ROW_VAR: u32 = 0;
@@ -568,14 +756,25 @@ mod tests {
                         index.offset %= (ROW - self.extent + 1) as i64;
                     }
                     let value = self.expr(3);
-                    match self.rng.below(2) {
+                    match self.rng.below(3) {
                         0 => Stmt::Store(BufId(2 + out as u32), index, value),
-                        _ => Stmt::Accumulate(BufId(2 + out as u32), index, value),
+                        1 => Stmt::Accumulate(BufId(2 + out as u32), index, value),
+                        // Per lane when no earlier statement of the body reads the local.
+                        _ => Stmt::Let(Local(self.rng.below(2) as u32), value),
                     }
                 })
                 .collect();
             let mut row_body = lets;
             row_body.push(lp(INNER, self.extent, false, body));
+            // What the locals hold after the loop: their last iteration's values.
+            for l in 0..2 {
+                let last_column = index(&[(ROW_VAR, ROW as i64)], ROW as i64 - 1);
+                row_body.push(Stmt::Accumulate(
+                    BufId(2 + l),
+                    last_column,
+                    Expr::Local(Local(l)),
+                ));
+            }
             Kernel {
                 name: format!("vector{seed}"),
                 vars: 2,
@@ -595,10 +794,16 @@ mod tests {
                 return match self.rng.below(6) {
                     0 => Expr::Const(self.rng.value()),
                     1 => {
-                        let offset = self.rng.range(0, INPUT_LEN as i64 - extent - 4);
+                        // Contiguous, strided or reversed, within the input for every row.
+                        let input = INPUT_LEN as i64;
+                        let (stride, offset) = match self.rng.below(4) {
+                            0 => (2, self.rng.range(0, input - 2 * extent - 3)),
+                            1 => (-1, self.rng.range((extent - 1).max(0), input - 5)),
+                            _ => (1, self.rng.range(0, input - extent - 4)),
+                        };
                         *load(
                             self.rng.below(2) as u32,
-                            &[(INNER, 1), (ROW_VAR, 2)],
+                            &[(INNER, stride), (ROW_VAR, 2)],
                             offset,
                         )
                     }
@@ -613,7 +818,7 @@ mod tests {
                     }
                     4 => Expr::Local(Local(self.rng.below(2) as u32)),
                     _ => {
-                        let coeff = self.rng.below(2) as i64;
+                        let coeff = self.rng.range(-1, 2);
                         Expr::IndexValue(index(
                             &[(INNER, coeff), (ROW_VAR, 3)],
                             self.rng.range(-4, 4),
@@ -621,8 +826,21 @@ mod tests {
                     }
                 };
             }
-            match self.rng.below(10) {
+            match self.rng.below(12) {
                 0 => Expr::Unary(UnOp::Neg, boxed(self)),
+                // exp(-|a|) and ln(|a| + 1): finite, so no NaN reaches a max or min (whose
+                // NaN differs between the forms, module doc; the loop IR excludes it).
+                10 => {
+                    self.transcendental = true;
+                    let minus_abs = Expr::Unary(UnOp::Neg, self.abs(depth));
+                    Expr::Unary(UnOp::Exp, Box::new(minus_abs))
+                }
+                11 => {
+                    self.transcendental = true;
+                    let one = Box::new(Expr::Const(1.0));
+                    let above_one = Expr::Binary(BinOp::Add, self.abs(depth), one);
+                    Expr::Unary(UnOp::Ln, Box::new(above_one))
+                }
                 1 => Expr::Unary(UnOp::Abs, boxed(self)),
                 2 => Expr::Unary(UnOp::Sqrt, Box::new(Expr::Unary(UnOp::Abs, boxed(self)))),
                 3 => {
@@ -640,6 +858,11 @@ mod tests {
                 7 => Expr::Fma(boxed(self), boxed(self), boxed(self)),
                 _ => Expr::Select(Box::new(self.cond(depth - 1)), boxed(self), boxed(self)),
             }
+        }
+
+        /// `|e|` for a random `e` one level down.
+        fn abs(&mut self, depth: usize) -> Box<Expr> {
+            Box::new(Expr::Unary(UnOp::Abs, Box::new(self.expr(depth - 1))))
         }
 
         fn cond(&mut self, depth: usize) -> Cond {
@@ -677,12 +900,14 @@ mod tests {
                 rng,
                 extent,
                 out_offsets,
+                transcendental: false,
             };
             let kernel = generator.kernel(seed);
             let Stmt::Loop(rows) = &kernel.body[0] else {
                 unreachable!()
             };
-            let Some(Stmt::Loop(inner)) = rows.body.last() else {
+            let Some(Stmt::Loop(inner)) = rows.body.iter().find(|s| matches!(s, Stmt::Loop(_)))
+            else {
                 unreachable!()
             };
             vectorized += usize::from(is_vectorizable(inner) && extent >= 4);
@@ -696,6 +921,11 @@ mod tests {
             }
             let (vector, scalar) = both_ways(&kernel, &bufs, 1 + generator.rng.below(3));
             assert_eq!(bits(&vector), bits(&scalar), "seed {seed}\n{kernel:#?}");
+            if generator.transcendental {
+                // Bitwise the scalar JIT, as every kernel; the scalar exp and ln are checked
+                // against f64 in math.rs, not against the interpreter's libm.
+                continue;
+            }
             let mut expected: Vec<Vec<f32>> = (0..4).map(|b| bufs.get(BufId(b)).to_vec()).collect();
             interp::run(&kernel, &mut expected).expect("interpreter runs");
             for (b, want) in expected.iter().enumerate() {
