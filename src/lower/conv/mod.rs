@@ -219,7 +219,9 @@ pub fn forward(
         rows: Some((rows, false)),
         lanes,
         reductions: [vec![ci], window].concat(),
-        init: t.bias.map_or(cst(0.0), |b| b.load(&[out_channel.clone()])),
+        init: t
+            .bias
+            .map_or(cst(0.0), |b| b.load(std::slice::from_ref(&out_channel))),
         a: source.load(&x_at),
         b: w,
         out: t.y.clone(),
