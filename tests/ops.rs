@@ -10,7 +10,7 @@
 //! rounding errors by small standard deviations.
 
 use cnnc::ir::{Activation, BatchNorm, Conv, Dense, Loss, ParamId, Pool, PoolKind};
-use cnnc::lower::builder::Tensor;
+use cnnc::lower::builder::{Scratch, Tensor};
 use cnnc::lower::loops::Kernel;
 use cnnc::lower::{activation, conv, dense, dropout, join, loss, norm, pool};
 use cnnc::reference;
@@ -133,6 +133,16 @@ fn activation_kind() -> impl Strategy<Value = Activation> {
     ]
 }
 
+/// The activations a contraction may apply in its epilogue (softmax is never fused).
+fn fusable_activation() -> impl Strategy<Value = Activation> {
+    prop_oneof![
+        Just(Activation::Relu),
+        (0.0f32..0.5).prop_map(|slope| Activation::LeakyRelu { slope }),
+        Just(Activation::Sigmoid),
+        Just(Activation::Tanh),
+    ]
+}
+
 /// `[N, C, *spatial]` with 0 to 2 spatial axes.
 fn activation_shape() -> impl Strategy<Value = Vec<usize>> {
     (
@@ -151,6 +161,40 @@ fn two_values_per_channel() -> impl Strategy<Value = Vec<usize>> {
 }
 
 proptest! {
+    #![proptest_config(ProptestConfig::with_cases(16))]
+
+    /// Channel counts on both sides of the lowering's choice of lanes (8 channels per group):
+    /// lanes over output or input channels, or over the last spatial axis.
+    #[test]
+    fn wide_conv_matches_reference(
+        groups in 1..=2usize,
+        in_per_group in prop_oneof![1..=2usize, 8..=9usize],
+        out_per_group in prop_oneof![1..=2usize, 8..=9usize],
+        axes in prop::collection::vec(conv_axis(), 1..=2),
+        has_bias in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let case = ConvCase { batch: 1, groups, in_per_group, out_per_group, axes, has_bias };
+        check_conv(&case, None, seed);
+    }
+
+    /// A fused activation in the forward's epilogue and in the gradient's copies of `dy`.
+    #[test]
+    fn fused_conv_matches_reference(
+        groups in 1..=2usize,
+        in_per_group in 1..=2usize,
+        out_per_group in prop_oneof![1..=2usize, 8..=8usize],
+        axes in prop::collection::vec(conv_axis(), 1..=2),
+        has_bias in any::<bool>(),
+        epilogue in fusable_activation(),
+        seed in any::<u64>(),
+    ) {
+        let case = ConvCase { batch: 2, groups, in_per_group, out_per_group, axes, has_bias };
+        check_conv(&case, Some(epilogue), seed);
+    }
+}
+
+proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
     #[test]
@@ -163,7 +207,8 @@ proptest! {
         has_bias in any::<bool>(),
         seed in any::<u64>(),
     ) {
-        check_conv(batch, groups, in_per_group, out_per_group, axes, has_bias, seed);
+        let case = ConvCase { batch, groups, in_per_group, out_per_group, axes, has_bias };
+        check_conv(&case, None, seed);
     }
 
     #[test]
@@ -182,15 +227,17 @@ proptest! {
         check_global_avgpool(shape, seed);
     }
 
+    /// Batches and units on both sides of the kernels' row chunks (8), fused activation or not.
     #[test]
     fn dense_matches_reference(
-        batch in 1..=3usize,
+        batch in 1..=19usize,
         in_features in 1..=12usize,
-        units in 1..=5usize,
+        units in 1..=19usize,
         has_bias in any::<bool>(),
+        epilogue in prop::option::of(fusable_activation()),
         seed in any::<u64>(),
     ) {
-        check_dense(batch, in_features, units, has_bias, seed);
+        check_dense(batch, in_features, units, has_bias, epilogue, seed);
     }
 
     #[test]
@@ -235,15 +282,27 @@ proptest! {
     }
 }
 
-fn check_conv(
+/// The layer of a random convolution test.
+struct ConvCase {
     batch: usize,
     groups: usize,
     in_per_group: usize,
     out_per_group: usize,
     axes: Vec<ConvAxis>,
     has_bias: bool,
-    seed: u64,
-) {
+}
+
+/// The reference's forward and its activation, and the reference's gradients of the product
+/// for the gradient before the activation.
+fn check_conv(case: &ConvCase, epilogue: Option<Activation>, seed: u64) {
+    let ConvCase {
+        batch,
+        groups,
+        in_per_group,
+        out_per_group,
+        ref axes,
+        has_bias,
+    } = *case;
     let mut rng = Rng(seed);
     let ir = Conv {
         in_channels: groups * in_per_group,
@@ -282,28 +341,36 @@ fn check_conv(
         m.zeros(&w_shape),
         m.zeros(&[ir.out_channels]),
     );
+    let specs = conv::scratch(&ir, &x, &y, true, true);
+    let scratch = Scratch::new(specs.iter().map(|s| (s.name, m.zeros(&s.dims))).collect());
     let t = conv::ConvTensors {
         x: &x,
         weight: &w,
         bias: has_bias.then_some(&b),
         y: &y,
+        scratch: &scratch,
     };
-    m.run(&conv::forward("conv", &ir, &t));
-    for k in conv::backward(
-        "conv",
-        &ir,
-        &t,
-        &dy,
-        Some(&dx),
-        &dw,
-        has_bias.then_some(&db),
-    ) {
-        m.run(&k);
+    let kernels = [
+        conv::forward("conv", &ir, &t, epilogue),
+        conv::backward(
+            "conv",
+            &ir,
+            &t,
+            &dy,
+            Some(&dx),
+            &dw,
+            has_bias.then_some(&db),
+            epilogue,
+        ),
+    ];
+    for k in kernels.iter().flatten() {
+        m.run(k);
     }
 
-    let expected = reference::conv::forward(&xa, &wa, has_bias.then_some(&ba), &ir);
+    let product = reference::conv::forward(&xa, &wa, has_bias.then_some(&ba), &ir);
+    let (expected, gza) = activated(&product, epilogue, &gya);
     m.check(&y, &expected, OP_RTOL, "conv forward");
-    let grads = reference::conv::backward(&xa, &wa, &ir, &gya);
+    let grads = reference::conv::backward(&xa, &wa, &ir, &gza);
     m.check(&dx, &grads.input, OP_RTOL, "conv input gradient");
     m.check(&dw, &grads.weight, OP_RTOL, "conv weight gradient");
     if let Some(gb) = grads.bias {
@@ -379,7 +446,31 @@ fn check_global_avgpool(shape: Vec<usize>, seed: u64) {
     m.check(&dx, &expected, OP_RTOL, "global avgpool backward");
 }
 
-fn check_dense(batch: usize, in_features: usize, units: usize, has_bias: bool, seed: u64) {
+/// The reference output `act(product)` and the gradient of `product` for `gy`, the gradient
+/// of that output (`product` and `gy` themselves without an activation).
+fn activated(
+    product: &ArrayD<f32>,
+    epilogue: Option<Activation>,
+    gy: &ArrayD<f32>,
+) -> (ArrayD<f32>, ArrayD<f32>) {
+    match epilogue {
+        None => (product.clone(), gy.clone()),
+        Some(act) => {
+            let y = reference::activation::forward(product, act);
+            let gz = reference::activation::backward(product, &y, act, gy);
+            (y, gz)
+        }
+    }
+}
+
+fn check_dense(
+    batch: usize,
+    in_features: usize,
+    units: usize,
+    has_bias: bool,
+    epilogue: Option<Activation>,
+    seed: u64,
+) {
     let mut rng = Rng(seed);
     let ir = Dense {
         in_features,
@@ -401,27 +492,35 @@ fn check_dense(batch: usize, in_features: usize, units: usize, has_bias: bool, s
         m.zeros(&[units, in_features]),
         m.zeros(&[units]),
     );
+    let specs = dense::scratch(&ir, &x, true, epilogue);
+    let scratch = Scratch::new(specs.iter().map(|s| (s.name, m.zeros(&s.dims))).collect());
     let t = dense::DenseTensors {
         x: &x,
         weight: &w,
         bias: has_bias.then_some(&b),
         y: &y,
+        scratch: &scratch,
     };
-    m.run(&dense::forward("dense", &ir, &t));
-    for k in dense::backward(
-        "dense",
-        &ir,
-        &t,
-        &dy,
-        Some(&dx),
-        &dw,
-        has_bias.then_some(&db),
-    ) {
-        m.run(&k);
+    let kernels = [
+        dense::forward("dense", &ir, &t, epilogue),
+        dense::backward(
+            "dense",
+            &ir,
+            &t,
+            &dy,
+            Some(&dx),
+            &dw,
+            has_bias.then_some(&db),
+            epilogue,
+        ),
+    ];
+    for k in kernels.iter().flatten() {
+        m.run(k);
     }
-    let expected = reference::dense::forward(&xa, &wa, has_bias.then_some(&ba), &ir);
+    let product = reference::dense::forward(&xa, &wa, has_bias.then_some(&ba), &ir);
+    let (expected, gza) = activated(&product, epilogue, &gya);
     m.check(&y, &expected, OP_RTOL, "dense forward");
-    let grads = reference::dense::backward(&xa, &wa, &ir, &gya);
+    let grads = reference::dense::backward(&xa, &wa, &ir, &gza);
     m.check(&dx, &grads.input, OP_RTOL, "dense input gradient");
     m.check(&dw, &grads.weight, OP_RTOL, "dense weight gradient");
     if let Some(gb) = grads.bias {

@@ -405,7 +405,8 @@ fn fill_buffers(plan: &Plan, graph: &Graph, batch: usize, values: &[Vec<f32>], b
             | BufferRole::Grad(_)
             | BufferRole::ParamGrad(_)
             | BufferRole::Loss
-            | BufferRole::Saved(..) => {}
+            | BufferRole::Saved(..)
+            | BufferRole::Scratch(..) => {}
         }
     }
 }

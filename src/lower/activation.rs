@@ -32,6 +32,53 @@ fn tanh(kb: &mut KernelBuilder, x: Expr) -> (Vec<Stmt>, Expr) {
     (steps, signed)
 }
 
+/// `f(x)` as one expression, for the epilogue of a contraction nest (which may set no local);
+/// `None` for softmax, which is not element-wise and is never fused. Tanh is
+/// `sign(x)·(1 − e^−2|x|)/(1 + e^−2|x|)` with the magnitude computed in both arms of the
+/// select (two exponentials per output, against a whole reduction: negligible).
+pub fn apply(activation: Activation, x: Expr) -> Option<Expr> {
+    let positive = cmp(CmpOp::Gt, x.clone(), cst(0.0));
+    Some(match activation {
+        Activation::Relu => max(x, cst(0.0)),
+        Activation::LeakyRelu { slope } => select(positive, x.clone(), cst(slope) * x),
+        Activation::Sigmoid => cst(1.0) / (cst(1.0) + exp(-x)),
+        Activation::Tanh => {
+            let t = || exp(cst(-2.0) * abs(x.clone()));
+            let magnitude = || (cst(1.0) - t()) / (cst(1.0) + t());
+            select(
+                cmp(CmpOp::Lt, x.clone(), cst(0.0)),
+                -magnitude(),
+                magnitude(),
+            )
+        }
+        Activation::Softmax => return None,
+    })
+}
+
+/// The value a contraction nest stores for its sum `acc`: `acc`, or its fused activation.
+pub fn fused(epilogue: Option<Activation>, acc: Expr) -> Expr {
+    match epilogue {
+        None => acc,
+        Some(act) => apply(act, acc).expect("softmax is never fused into a contraction"),
+    }
+}
+
+/// `dy · f'(x)` written with the output `y = f(x)` alone, for a kernel that consumes the
+/// gradient of a fused activation; `None` when `y` does not determine the derivative (softmax,
+/// leaky relu with a negative slope, where `y > 0` no longer means `x > 0`).
+pub fn gradient_from_output(activation: Activation, y: Expr, dy: Expr) -> Option<Expr> {
+    let positive = cmp(CmpOp::Gt, y.clone(), cst(0.0));
+    Some(match activation {
+        Activation::Relu => select(positive, dy, cst(0.0)),
+        Activation::LeakyRelu { slope } if slope >= 0.0 => {
+            select(positive, dy.clone(), cst(slope) * dy)
+        }
+        Activation::Sigmoid => dy * y.clone() * (cst(1.0) - y),
+        Activation::Tanh => dy * (cst(1.0) - y.clone() * y),
+        Activation::LeakyRelu { .. } | Activation::Softmax => return None,
+    })
+}
+
 /// `y = f(x)`, parallel over the batch.
 pub fn forward(name: &str, activation: Activation, x: &Tensor, y: &Tensor) -> Kernel {
     let positive = |v: &Expr| cmp(CmpOp::Gt, v.clone(), cst(0.0));

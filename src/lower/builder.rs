@@ -104,6 +104,104 @@ impl KernelBuilder {
     }
 }
 
+/// A contraction nest (the shape `loops` documents under "Contraction nests"): for each row
+/// `i` and lane `j`, `acc = init`, then `acc = fma(a, b, acc)` over the reduction variables in
+/// order (outermost first), then `out[at] = epilogue(acc)`.
+pub struct Contraction {
+    /// The rows loop, if any, and whether it is the kernel's top-level parallel loop.
+    pub rows: Option<(Var, bool)>,
+    pub lanes: Var,
+    pub reductions: Vec<Var>,
+    pub init: Expr,
+    pub a: Expr,
+    pub b: Expr,
+    pub out: Tensor,
+    pub at: Vec<Index>,
+}
+
+impl KernelBuilder {
+    /// The loops of `c`, with a fresh accumulator; `epilogue` maps the sum to the stored value.
+    pub fn contraction(&mut self, c: Contraction, epilogue: impl FnOnce(Expr) -> Expr) -> Stmt {
+        let acc = self.local();
+        let step = set(acc, fma(c.a, c.b, local(acc)));
+        let lane = [
+            vec![set(acc, c.init)],
+            self.nest(&c.reductions, vec![step]),
+            vec![c.out.store(&c.at, epilogue(local(acc)))],
+        ]
+        .concat();
+        let lanes = self.for_(c.lanes, lane);
+        match c.rows {
+            None => lanes,
+            Some((rows, parallel)) => self.looped(rows, parallel, vec![lanes]),
+        }
+    }
+}
+
+/// Top-level loops over `0..extent` in chunks of `chunk` rows, so that a rows loop sits inside
+/// a parallel loop with enough iterations for every thread: `for c (parallel) { nest }` with
+/// row `c·chunk + i`, then, for the rest, a nest whose rows loop is itself parallel. `nest`
+/// gets the rows variable, the row index and whether the rows loop is the parallel one.
+pub fn row_chunks(
+    kb: &mut KernelBuilder,
+    extent: usize,
+    chunk: usize,
+    mut nest: impl FnMut(&mut KernelBuilder, Var, Index, bool) -> Stmt,
+) -> Vec<Stmt> {
+    let (full, rest) = (extent / chunk, extent % chunk);
+    let mut top = Vec::new();
+    if full > 0 {
+        let (c, i) = (kb.var(full), kb.var(chunk));
+        let body = nest(kb, i, ix(c) * chunk as i64 + ix(i), false);
+        top.push(kb.parallel_for(c, vec![body]));
+    }
+    if rest > 0 {
+        let i = kb.var(rest);
+        top.push(nest(kb, i, ix(i) + (full * chunk) as i64, true));
+    }
+    top
+}
+
+/// A scratch buffer a lowering asks the plan for: its name within the node (the buffer is
+/// called `<node>.<name>`) and its dimensions.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScratchSpec {
+    pub name: &'static str,
+    pub dims: Vec<usize>,
+}
+
+/// The scratch buffers the plan declared for one node, by name. Kernels fill a scratch buffer
+/// right before the kernel that reads it, in the same schedule, so the runtime never fills one.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Scratch(Vec<(&'static str, Tensor)>);
+
+impl Scratch {
+    pub fn new(buffers: Vec<(&'static str, Tensor)>) -> Scratch {
+        Scratch(buffers)
+    }
+
+    /// Buffers `first, first + 1, ..` for `specs`, in order (for tests that build their own table).
+    pub fn numbered(first: u32, specs: &[ScratchSpec]) -> Scratch {
+        Scratch(
+            specs
+                .iter()
+                .zip(first..)
+                .map(|(s, buf)| (s.name, Tensor::new(BufId(buf), s.dims.clone())))
+                .collect(),
+        )
+    }
+
+    /// The buffer `name`. Lowerings ask only for what their `scratch` function declared for the
+    /// same layer, so a missing name is a bug in the lowering, not in the user's network.
+    pub fn get(&self, name: &str) -> &Tensor {
+        self.0
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, t)| t)
+            .unwrap_or_else(|| panic!("scratch buffer {name} was not declared"))
+    }
+}
+
 /// A buffer seen as a row-major tensor (batch axis first for activations).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tensor {

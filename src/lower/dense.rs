@@ -1,13 +1,19 @@
 //! Fully connected layer (`nn.Linear`): `y = x Wᵀ + b` with `x [N, F]`, `W [U, F]`, `y [N, U]`.
 //!
-//! Loop orders for speed: no kernel reduces through a single accumulator in its innermost loop
-//! (each FMA would wait for the previous one). The forward keeps [`UNITS_PER_BLOCK`] independent
-//! accumulators; the gradients stream along rows of `W`, `x` and `dx`. Every sum still runs over
-//! its index in order, so the results do not depend on the blocking or the thread count.
+//! Every product is a contraction nest (`loops`, "Contraction nests"): the lanes run along an
+//! axis where the output and the operand that changes with it are contiguous (`u` of a packed
+//! `Wᵀ` for the forward, `f` of `W` and `x` for the gradients), the other operand is broadcast,
+//! and the sum stays in a register. Each output sums over its reduction index in increasing
+//! order, starting from the bias (forward), the accumulated `dx`, or 0, so the results do not
+//! depend on the JIT's blocking or the thread count. Rows are split into chunks of
+//! [`ROWS_PER_CHUNK`] under a parallel loop (`builder::row_chunks`).
 
-use super::builder::{cst, fma, ix, local, set, KernelBuilder, Tensor};
-use super::loops::{Kernel, Local, Stmt};
-use crate::ir::Dense;
+use super::activation;
+use super::builder::{
+    cst, ix, row_chunks, Contraction, KernelBuilder, Scratch, ScratchSpec, Tensor,
+};
+use super::loops::Kernel;
+use crate::ir::{Activation, Dense};
 
 /// The tensors of one dense layer; `x` is viewed as `[N, F]` whatever its shape (flatten aliases).
 pub struct DenseTensors<'a> {
@@ -15,58 +21,75 @@ pub struct DenseTensors<'a> {
     pub weight: &'a Tensor,
     pub bias: Option<&'a Tensor>,
     pub y: &'a Tensor,
+    /// The buffers [`scratch`] asked for.
+    pub scratch: &'a Scratch,
 }
 
-/// Units whose dot products run side by side in the forward kernel, sharing each `x` load:
-/// enough independent FMAs to hide their latency, few enough to stay in registers.
-const UNITS_PER_BLOCK: usize = 8;
+/// Rows (samples or units) per iteration of the parallel loop: enough for the JIT to block
+/// several rows, few enough that LeNet's batch of 256 gives every thread many chunks.
+const ROWS_PER_CHUNK: usize = 8;
 
-/// `y[n, u] = b[u] + Σ_f x[n, f] · W[u, f]`, parallel over the batch; units in blocks of
-/// [`UNITS_PER_BLOCK`] (then one block of the rest), one accumulator each.
-pub fn forward(name: &str, dense: &Dense, t: &DenseTensors) -> Kernel {
-    let x = t.x.rows();
-    let mut kb = KernelBuilder::new(format!("{name}.forward"));
-    let n = kb.var(x.dims[0]);
-    let accs: Vec<Local> = (0..UNITS_PER_BLOCK.min(dense.units))
-        .map(|_| kb.local())
-        .collect();
-    let input = kb.local();
-    let full_blocks = dense.units / UNITS_PER_BLOCK;
-    let blocks = [
-        (full_blocks, UNITS_PER_BLOCK, 0),
-        (
-            1,
-            dense.units % UNITS_PER_BLOCK,
-            full_blocks * UNITS_PER_BLOCK,
-        ),
-    ];
-    let mut per_sample = Vec::new();
-    for (count, width, first) in blocks {
-        if count == 0 || width == 0 {
-            continue;
-        }
-        let (block, f) = (kb.var(count), kb.var(dense.in_features));
-        let unit = |j: usize| ix(block) * UNITS_PER_BLOCK as i64 + (first + j) as i64;
-        let mut body: Vec<Stmt> = (0..width)
-            .map(|j| {
-                let start = t.bias.map_or(cst(0.0), |b| b.load(&[unit(j)]));
-                set(accs[j], start)
-            })
-            .collect();
-        let mut step = vec![set(input, x.load(&[ix(n), ix(f)]))];
-        step.extend((0..width).map(|j| {
-            let w = t.weight.load(&[unit(j), ix(f)]);
-            set(accs[j], fma(local(input), w, local(accs[j])))
-        }));
-        body.push(kb.for_(f, step));
-        body.extend((0..width).map(|j| t.y.store(&[ix(n), unit(j)], local(accs[j]))));
-        per_sample.push(kb.for_(block, body));
+/// The scratch buffers of a dense layer: `packed_weight` (`Wᵀ`, `[F, U]`), and with a fused
+/// activation and a gradient, `dz` (`[N, U]`, the gradient before the activation).
+pub fn scratch(
+    dense: &Dense,
+    x: &Tensor,
+    has_gradient: bool,
+    epilogue: Option<Activation>,
+) -> Vec<ScratchSpec> {
+    let mut specs = vec![ScratchSpec {
+        name: "packed_weight",
+        dims: vec![dense.in_features, dense.units],
+    }];
+    if has_gradient && epilogue.is_some() {
+        specs.push(ScratchSpec {
+            name: "dz",
+            dims: vec![x.dims[0], dense.units],
+        });
     }
-    let top = kb.parallel_for(n, per_sample);
+    specs
+}
+
+/// `Wᵀ` packed into scratch, then `y[n, u] = act(b[u] + Σ_f x[n, f] · Wᵀ[f, u])` with lanes over
+/// `u` and rows over `n`, parallel over chunks of the batch.
+pub fn forward(
+    name: &str,
+    dense: &Dense,
+    t: &DenseTensors,
+    epilogue: Option<Activation>,
+) -> Vec<Kernel> {
+    let x = t.x.rows();
+    let packed = t.scratch.get("packed_weight");
+    let mut kb = KernelBuilder::new(format!("{name}.forward"));
+    let top = row_chunks(&mut kb, x.dims[0], ROWS_PER_CHUNK, |kb, i, n, parallel| {
+        let (u, f) = (kb.var(dense.units), kb.var(dense.in_features));
+        let nest = Contraction {
+            rows: Some((i, parallel)),
+            lanes: u,
+            reductions: vec![f],
+            init: t.bias.map_or(cst(0.0), |b| b.load(&[ix(u)])),
+            a: x.load(&[n.clone(), ix(f)]),
+            b: packed.load(&[ix(f), ix(u)]),
+            out: t.y.clone(),
+            at: vec![n, ix(u)],
+        };
+        kb.contraction(nest, |acc| activation::fused(epilogue, acc))
+    });
+    vec![pack_weight(name, dense, t.weight, packed), kb.finish(top)]
+}
+
+/// `Wᵀ[f, u] = W[u, f]`, parallel over features.
+fn pack_weight(name: &str, dense: &Dense, w: &Tensor, packed: &Tensor) -> Kernel {
+    let mut kb = KernelBuilder::new(format!("{name}.pack_weight"));
+    let (f, u) = (kb.var(dense.in_features), kb.var(dense.units));
+    let copy = packed.store(&[ix(f), ix(u)], w.load(&[ix(u), ix(f)]));
+    let top = kb.parallel_for(f, vec![kb.for_(u, vec![copy])]);
     kb.finish(vec![top])
 }
 
-/// Kernels for `dx` (if the input needs one), `dW` and `db` (if there is a bias).
+/// Kernels for `dz` (with a fused activation: `dy` is then the gradient of the activated
+/// output), `dx` (if the input needs one), `dW` and `db` (if there is a bias).
+#[allow(clippy::too_many_arguments)]
 pub fn backward(
     name: &str,
     dense: &Dense,
@@ -75,46 +98,65 @@ pub fn backward(
     dx: Option<&Tensor>,
     dweight: &Tensor,
     dbias: Option<&Tensor>,
+    epilogue: Option<Activation>,
 ) -> Vec<Kernel> {
-    let mut kernels: Vec<Kernel> = dx
-        .map(|dx| backward_input(name, dense, t, dy, dx))
-        .into_iter()
-        .collect();
-    kernels.push(backward_weight(name, dense, t, dy, dweight));
-    kernels.extend(dbias.map(|db| backward_bias(name, dense, dy, db)));
+    let mut kernels = Vec::new();
+    let dz = match epilogue {
+        None => dy,
+        Some(act) => {
+            let dz = t.scratch.get("dz");
+            kernels.push(activation_gradient(name, act, t.y, dy, dz));
+            dz
+        }
+    };
+    kernels.extend(dx.map(|dx| backward_input(name, dense, t, dz, dx)));
+    kernels.push(backward_weight(name, dense, t, dz, dweight));
+    kernels.extend(dbias.map(|db| backward_bias(name, dense, dz, db)));
     kernels
 }
 
-/// `dx[n, f] += dy[n, u] · W[u, f]` for `u` in order, `f` innermost (a row of `W` and of `dx`),
-/// parallel over the batch.
-fn backward_input(name: &str, dense: &Dense, t: &DenseTensors, dy: &Tensor, dx: &Tensor) -> Kernel {
-    let dx = dx.rows();
-    let mut kb = KernelBuilder::new(format!("{name}.backward_input"));
-    let (n, u, f) = (
-        kb.var(dx.dims[0]),
-        kb.var(dense.units),
-        kb.var(dense.in_features),
-    );
-    let gradient = kb.local();
-    let dx_at = [ix(n), ix(f)];
-    let update = dx.store(
-        &dx_at,
-        fma(
-            local(gradient),
-            t.weight.load(&[ix(u), ix(f)]),
-            dx.load(&dx_at),
-        ),
-    );
-    let per_unit = vec![
-        set(gradient, dy.load(&[ix(n), ix(u)])),
-        kb.for_(f, vec![update]),
-    ];
-    let top = kb.parallel_for(n, vec![kb.for_(u, per_unit)]);
+/// `dz[n, u] = dy[n, u] · act'(y[n, u])`, parallel over the batch.
+fn activation_gradient(
+    name: &str,
+    act: Activation,
+    y: &Tensor,
+    dy: &Tensor,
+    dz: &Tensor,
+) -> Kernel {
+    let mut kb = KernelBuilder::new(format!("{name}.activation_gradient"));
+    let (n, u) = (kb.var(dz.dims[0]), kb.var(dz.dims[1]));
+    let at = [ix(n), ix(u)];
+    let value = activation::gradient_from_output(act, y.load(&at), dy.load(&at))
+        .expect("only activations whose derivative follows from the output are fused");
+    let top = kb.parallel_for(n, vec![kb.for_(u, vec![dz.store(&at, value)])]);
     kb.finish(vec![top])
 }
 
-/// `dW[u, f] = Σ_n dy[n, u] · x[n, f]`, parallel over units: the row `dW[u]` is zeroed, then
-/// each sample adds `dy[n, u] · x[n]` along it, in batch order.
+/// `dx[n, f] += Σ_u dy[n, u] · W[u, f]` (from the accumulated `dx`, `u` in order), lanes over
+/// `f` (rows of `W` and `dx`), rows over `n`, parallel over chunks of the batch.
+fn backward_input(name: &str, dense: &Dense, t: &DenseTensors, dy: &Tensor, dx: &Tensor) -> Kernel {
+    let dx = dx.rows();
+    let mut kb = KernelBuilder::new(format!("{name}.backward_input"));
+    let top = row_chunks(&mut kb, dx.dims[0], ROWS_PER_CHUNK, |kb, i, n, parallel| {
+        let (f, u) = (kb.var(dense.in_features), kb.var(dense.units));
+        let at = vec![n.clone(), ix(f)];
+        let nest = Contraction {
+            rows: Some((i, parallel)),
+            lanes: f,
+            reductions: vec![u],
+            init: dx.load(&at),
+            a: dy.load(&[n, ix(u)]),
+            b: t.weight.load(&[ix(u), ix(f)]),
+            out: dx.clone(),
+            at,
+        };
+        kb.contraction(nest, |acc| acc)
+    });
+    kb.finish(top)
+}
+
+/// `dW[u, f] = Σ_n dy[n, u] · x[n, f]` (`n` in order), lanes over `f`, rows over `u`, parallel
+/// over chunks of units.
 fn backward_weight(
     name: &str,
     dense: &Dense,
@@ -124,43 +166,44 @@ fn backward_weight(
 ) -> Kernel {
     let x = t.x.rows();
     let mut kb = KernelBuilder::new(format!("{name}.backward_weight"));
-    let (u, clear, n, f) = (
-        kb.var(dense.units),
-        kb.var(dense.in_features),
-        kb.var(x.dims[0]),
-        kb.var(dense.in_features),
+    let top = row_chunks(
+        &mut kb,
+        dense.units,
+        ROWS_PER_CHUNK,
+        |kb, i, u, parallel| {
+            let (f, n) = (kb.var(dense.in_features), kb.var(x.dims[0]));
+            let nest = Contraction {
+                rows: Some((i, parallel)),
+                lanes: f,
+                reductions: vec![n],
+                init: cst(0.0),
+                a: dy.load(&[ix(n), u.clone()]),
+                b: x.load(&[ix(n), ix(f)]),
+                out: dw.clone(),
+                at: vec![u, ix(f)],
+            };
+            kb.contraction(nest, |acc| acc)
+        },
     );
-    let gradient = kb.local();
-    let dw_at = [ix(u), ix(f)];
-    let update = dw.store(
-        &dw_at,
-        fma(local(gradient), x.load(&[ix(n), ix(f)]), dw.load(&dw_at)),
-    );
-    let per_unit = vec![
-        kb.for_(clear, vec![dw.store(&[ix(u), ix(clear)], cst(0.0))]),
-        kb.for_(
-            n,
-            vec![
-                set(gradient, dy.load(&[ix(n), ix(u)])),
-                kb.for_(f, vec![update]),
-            ],
-        ),
-    ];
-    let top = kb.parallel_for(u, per_unit);
-    kb.finish(vec![top])
+    kb.finish(top)
 }
 
-/// `db[u] = Σ_n dy[n, u]`, parallel over units.
+/// `db[u] = Σ_n dy[n, u]` (`n` in order; `fma(dy, 1, acc)` is exactly `acc + dy`), lanes over
+/// units, on one thread: `N·U` additions, too few to split.
 fn backward_bias(name: &str, dense: &Dense, dy: &Tensor, db: &Tensor) -> Kernel {
     let mut kb = KernelBuilder::new(format!("{name}.backward_bias"));
     let (u, n) = (kb.var(dense.units), kb.var(dy.dims[0]));
-    let acc = kb.local();
-    let body = vec![
-        set(acc, cst(0.0)),
-        kb.for_(n, vec![set(acc, local(acc) + dy.load(&[ix(n), ix(u)]))]),
-        db.store(&[ix(u)], local(acc)),
-    ];
-    let top = kb.parallel_for(u, body);
+    let nest = Contraction {
+        rows: None,
+        lanes: u,
+        reductions: vec![n],
+        init: cst(0.0),
+        a: dy.load(&[ix(n), ix(u)]),
+        b: cst(1.0),
+        out: db.clone(),
+        at: vec![ix(u)],
+    };
+    let top = kb.contraction(nest, |acc| acc);
     kb.finish(vec![top])
 }
 
@@ -171,48 +214,78 @@ mod tests {
     use crate::lower::interp::run;
     use crate::lower::loops::BufId;
 
-    /// Two samples, three features, two units; every value is a small integer, so exact.
-    #[test]
-    fn forward_and_backward_by_hand() {
+    /// Runs the forward and backward kernels on two samples, three features, two units with
+    /// `dy = [[1, 2], [3, 4]]` and `dx` starting at 1; returns `y, dx, dW, db`.
+    fn run_by_hand(bias: [f32; 2], epilogue: Option<Activation>) -> [Vec<f32>; 4] {
         let dense = Dense {
             in_features: 3,
             units: 2,
             weight: ParamId(0),
             bias: Some(ParamId(1)),
         };
-        let x = Tensor::new(BufId(0), vec![2, 3]);
-        let w = Tensor::new(BufId(1), vec![2, 3]);
-        let b = Tensor::new(BufId(2), vec![2]);
-        let y = Tensor::new(BufId(3), vec![2, 2]);
-        let dy = Tensor::new(BufId(4), vec![2, 2]);
-        let dx = Tensor::new(BufId(5), vec![2, 3]);
-        let dw = Tensor::new(BufId(6), vec![2, 3]);
-        let db = Tensor::new(BufId(7), vec![2]);
-        let t = DenseTensors {
-            x: &x,
-            weight: &w,
-            bias: Some(&b),
-            y: &y,
-        };
+        let dims: [&[usize]; 8] = [
+            &[2, 3],
+            &[2, 3],
+            &[2],
+            &[2, 2],
+            &[2, 2],
+            &[2, 3],
+            &[2, 3],
+            &[2],
+        ];
+        let [x, w, b, y, dy, dx, dw, db] =
+            std::array::from_fn(|i| Tensor::new(BufId(i as u32), dims[i].to_vec()));
         let mut bufs = vec![
             vec![1., 2., 3., 4., 5., 6.],
             vec![1., 0., -1., 2., 1., 0.],
-            vec![10., 20.],
+            bias.to_vec(),
             vec![0.; 4],
             vec![1., 2., 3., 4.],
             vec![1.; 6],
             vec![0.; 6],
             vec![0.; 2],
         ];
-        run(&forward("d", &dense, &t), &mut bufs).unwrap();
-        assert_eq!(bufs[3], vec![8., 24., 8., 33.]);
-        for k in backward("d", &dense, &t, &dy, Some(&dx), &dw, Some(&db)) {
-            run(&k, &mut bufs).unwrap();
+        let specs = scratch(&dense, &x, true, epilogue);
+        let first = bufs.len() as u32;
+        bufs.extend(specs.iter().map(|s| vec![0.0; s.dims.iter().product()]));
+        let scratch = Scratch::numbered(first, &specs);
+        let t = DenseTensors {
+            x: &x,
+            weight: &w,
+            bias: Some(&b),
+            y: &y,
+            scratch: &scratch,
+        };
+        let kernels = [
+            forward("d", &dense, &t, epilogue),
+            backward("d", &dense, &t, &dy, Some(&dx), &dw, Some(&db), epilogue),
+        ];
+        for k in kernels.iter().flatten() {
+            run(k, &mut bufs).unwrap();
         }
+        [3, 5, 6, 7].map(|i| bufs[i].clone())
+    }
+
+    /// Every value is a small integer, so the results are exact.
+    #[test]
+    fn forward_and_backward_by_hand() {
+        let [y, dx, dw, db] = run_by_hand([10., 20.], None);
+        assert_eq!(y, vec![8., 24., 8., 33.]);
         // dx = 1 + dy W: rows [1·(1,0,−1) + 2·(2,1,0)], [3·(1,0,−1) + 4·(2,1,0)].
-        assert_eq!(bufs[5], vec![6., 3., 0., 12., 5., -2.]);
+        assert_eq!(dx, vec![6., 3., 0., 12., 5., -2.]);
         // dW = dyᵀ x.
-        assert_eq!(bufs[6], vec![13., 17., 21., 18., 24., 30.]);
-        assert_eq!(bufs[7], vec![4., 6.]);
+        assert_eq!(dw, vec![13., 17., 21., 18., 24., 30.]);
+        assert_eq!(db, vec![4., 6.]);
+    }
+
+    /// With a fused relu, unit 0 is negative for both samples: it gets no gradient.
+    #[test]
+    fn fused_relu_by_hand() {
+        let [y, dx, dw, db] = run_by_hand([-10., 20.], Some(Activation::Relu));
+        assert_eq!(y, vec![0., 24., 0., 33.]);
+        // dz = [[0, 2], [0, 4]]; dx = 1 + dz W.
+        assert_eq!(dx, vec![5., 3., 1., 9., 5., 1.]);
+        assert_eq!(dw, vec![0., 0., 0., 18., 24., 30.]);
+        assert_eq!(db, vec![0., 6.]);
     }
 }

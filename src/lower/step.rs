@@ -15,7 +15,7 @@
 //! `train_forward` every dropout `Mask` (each element 0, with probability `p`, or `1/(1 − p)`;
 //! as `reference::dropout`). `train_forward` also updates batchnorm running statistics in their `Param` buffers.
 
-use super::builder::{cst, ix, KernelBuilder, Tensor};
+use super::builder::{cst, ix, KernelBuilder, Scratch, Tensor};
 use super::loops::{BufId, Kernel};
 use super::loss::LossTensors;
 use super::{activation, conv, dense, dropout, join, loss, norm, pool};
@@ -42,6 +42,10 @@ pub enum BufferRole {
     Mask(NodeId),
     /// Statistics kept from the training forward for backward: batchnorm `mean`, `invstd`.
     Saved(NodeId, &'static str),
+    /// A layer's working copy (`conv1.padded_input`, `conv2.packed_weight`, `conv1.dy_t`),
+    /// filled by a kernel of the same schedule right before the kernel that reads it: the
+    /// runtime never fills it.
+    Scratch(NodeId, &'static str),
 }
 
 /// One buffer: a stable name for dumps and errors, its length in `f32`s, its role.
@@ -100,10 +104,12 @@ pub fn plan(graph: &Graph, batch: usize, loss: Loss) -> Plan {
     for id in graph.node_ids() {
         match forward(&table, id) {
             Forward::Nothing => {}
-            Forward::Same(k) => {
-                let i = push(k);
-                infer.push(i);
-                train_forward.push(i);
+            Forward::Same(ks) => {
+                for k in ks {
+                    let i = push(k);
+                    infer.push(i);
+                    train_forward.push(i);
+                }
             }
             Forward::Modes { infer: k, train } => {
                 infer.push(push(k));
@@ -157,13 +163,19 @@ fn aliases_input(op: &Op) -> bool {
 /// The forward kernels of one node.
 enum Forward {
     Nothing,
-    /// One kernel for inference and training.
-    Same(Kernel),
+    /// The same kernels, in order, for inference and training.
+    Same(Vec<Kernel>),
     /// Dropout and batchnorm behave differently in training.
     Modes {
         infer: Kernel,
         train: Kernel,
     },
+}
+
+impl Forward {
+    fn one(kernel: Kernel) -> Forward {
+        Forward::Same(vec![kernel])
+    }
 }
 
 fn forward(t: &Table, id: NodeId) -> Forward {
@@ -180,11 +192,12 @@ fn forward(t: &Table, id: NodeId) -> Forward {
                 weight: &weight,
                 bias: bias.as_ref(),
                 y: &y,
+                scratch: t.scratch(id),
             };
-            Forward::Same(conv::forward(name, c, &tensors))
+            Forward::Same(conv::forward(name, c, &tensors, None))
         }
-        Op::Pool(p) => Forward::Same(pool::forward(name, p, &x(), &y)),
-        Op::GlobalAvgPool => Forward::Same(pool::global_avg_forward(name, &x(), &y)),
+        Op::Pool(p) => Forward::one(pool::forward(name, p, &x(), &y)),
+        Op::GlobalAvgPool => Forward::one(pool::global_avg_forward(name, &x(), &y)),
         Op::Dense(d) => {
             let (x, weight, bias) = (x(), t.param(d.weight), d.bias.map(|b| t.param(b)));
             let tensors = dense::DenseTensors {
@@ -192,10 +205,11 @@ fn forward(t: &Table, id: NodeId) -> Forward {
                 weight: &weight,
                 bias: bias.as_ref(),
                 y: &y,
+                scratch: t.scratch(id),
             };
-            Forward::Same(dense::forward(name, d, &tensors))
+            Forward::Same(dense::forward(name, d, &tensors, None))
         }
-        Op::Activation(a) => Forward::Same(activation::forward(name, *a, &x(), &y)),
+        Op::Activation(a) => Forward::one(activation::forward(name, *a, &x(), &y)),
         Op::Dropout { .. } => Forward::Modes {
             infer: dropout::forward_infer(name, &x(), &y),
             train: dropout::forward_train(name, &x(), &t.extra(BufferRole::Mask(id), &y), &y),
@@ -209,7 +223,7 @@ fn forward(t: &Table, id: NodeId) -> Forward {
         }
         Op::Concat => {
             let xs: Vec<Tensor> = node.inputs.iter().map(|&i| t.value(i)).collect();
-            Forward::Same(join::concat_forward(
+            Forward::one(join::concat_forward(
                 name,
                 &xs.iter().collect::<Vec<_>>(),
                 &y,
@@ -217,7 +231,7 @@ fn forward(t: &Table, id: NodeId) -> Forward {
         }
         Op::Add => {
             let xs: Vec<Tensor> = node.inputs.iter().map(|&i| t.value(i)).collect();
-            Forward::Same(join::add_forward(name, &xs.iter().collect::<Vec<_>>(), &y))
+            Forward::one(join::add_forward(name, &xs.iter().collect::<Vec<_>>(), &y))
         }
     }
 }
@@ -240,10 +254,21 @@ fn backward_kernels(t: &Table, id: NodeId) -> Vec<Kernel> {
                 weight: &weight,
                 bias: bias.as_ref(),
                 y: &y,
+                scratch: t.scratch(id),
             };
             let dbias = c.bias.map(|b| t.param_grad(b));
             let dw = t.param_grad(c.weight);
-            conv::backward(name, c, &tensors, &dy, dx().as_ref(), &dw, dbias.as_ref())
+            let dx = dx();
+            conv::backward(
+                name,
+                c,
+                &tensors,
+                &dy,
+                dx.as_ref(),
+                &dw,
+                dbias.as_ref(),
+                None,
+            )
         }
         Op::Pool(p) => dx()
             .map(|dx| pool::backward(name, p, &x(), &y, &dy, &dx))
@@ -260,10 +285,21 @@ fn backward_kernels(t: &Table, id: NodeId) -> Vec<Kernel> {
                 weight: &weight,
                 bias: bias.as_ref(),
                 y: &y,
+                scratch: t.scratch(id),
             };
             let dbias = d.bias.map(|b| t.param_grad(b));
             let dw = t.param_grad(d.weight);
-            dense::backward(name, d, &tensors, &dy, dx().as_ref(), &dw, dbias.as_ref())
+            let dx = dx();
+            dense::backward(
+                name,
+                d,
+                &tensors,
+                &dy,
+                dx.as_ref(),
+                &dw,
+                dbias.as_ref(),
+                None,
+            )
         }
         Op::Activation(a) => dx()
             .map(|dx| activation::backward(name, *a, &x(), &y, &dy, &dx))
@@ -365,11 +401,14 @@ struct Table<'g> {
     param_grads: Vec<Option<BufId>>,
     truth: Tensor,
     loss: Tensor,
+    /// The scratch buffers of each node, by node index.
+    scratch: Vec<Scratch>,
 }
 
 impl<'g> Table<'g> {
     /// Declares, in this order: the input; each node's value, mask and saved statistics; each
-    /// parameter and its gradient; each node's gradient; labels or target; the loss.
+    /// parameter and its gradient; each node's gradient; labels or target; the loss; each
+    /// node's scratch buffers.
     fn new(graph: &'g Graph, batch: usize, loss: Loss) -> Table<'g> {
         let mut t = Table {
             graph,
@@ -381,6 +420,7 @@ impl<'g> Table<'g> {
             param_grads: Vec::new(),
             truth: Tensor::new(BufId(0), vec![batch]),
             loss: Tensor::new(BufId(0), vec![batch]),
+            scratch: Vec::new(),
         };
         let per_sample = |node: &Node| batch * node.shape.numel();
         for id in graph.node_ids() {
@@ -464,7 +504,46 @@ impl<'g> Table<'g> {
         };
         t.truth = Tensor::new(truth.0, truth.1);
         t.loss = Tensor::new(t.add("loss".into(), batch, BufferRole::Loss), vec![batch]);
+        for id in graph.node_ids() {
+            let scratch = t.declare_scratch(id);
+            t.scratch.push(scratch);
+        }
         t
+    }
+
+    /// Declares the scratch buffers the lowering of node `id` asks for (conv and dense).
+    fn declare_scratch(&mut self, id: NodeId) -> Scratch {
+        let graph = self.graph;
+        let node = graph.node(id);
+        let has_gradient = self.grads[id.0 as usize].is_some();
+        let has_input_gradient = node
+            .inputs
+            .first()
+            .is_some_and(|i| self.grads[i.0 as usize].is_some());
+        let specs = match &node.op {
+            Op::Conv(c) => {
+                let (x, y) = (self.value(node.inputs[0]), self.value(id));
+                conv::scratch(c, &x, &y, has_gradient, has_input_gradient)
+            }
+            Op::Dense(d) => dense::scratch(d, &self.value(node.inputs[0]), has_gradient, None),
+            _ => Vec::new(),
+        };
+        let name = node.name.clone();
+        Scratch::new(
+            specs
+                .into_iter()
+                .map(|spec| {
+                    let len = spec.dims.iter().product();
+                    let role = BufferRole::Scratch(id, spec.name);
+                    let buf = self.add(format!("{name}.{}", spec.name), len, role);
+                    (spec.name, Tensor::new(buf, spec.dims))
+                })
+                .collect(),
+        )
+    }
+
+    fn scratch(&self, id: NodeId) -> &Scratch {
+        &self.scratch[id.0 as usize]
     }
 
     fn add(&mut self, name: String, len: usize, role: BufferRole) -> BufId {

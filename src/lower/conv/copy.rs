@@ -1,0 +1,114 @@
+//! The data movement around convolution's contraction nests: zero-padded copies (of the input,
+//! and of the output gradient for the stride-1 input gradient), packed weights whose lane axis
+//! is contiguous, the output gradient transposed to channels-last, and the crop of a padded
+//! input gradient. Each fills a scratch buffer right before its consumer.
+
+use super::super::builder::{cst, ix, ixs, KernelBuilder, Tensor};
+use super::super::loops::{Expr, Index, Kernel, Stmt};
+
+/// `dst[n, c, q] = value(src at [n, c, q − shift])` where that lies inside `src`, else 0, for
+/// `src [N, C, *S]` and `dst [N, C, *Q]`; parallel over the batch. `value` maps the source
+/// coordinates to the copied value (a plain load, or the gradient through a fused activation).
+pub fn shifted_copy(
+    name: String,
+    src: &Tensor,
+    dst: &Tensor,
+    shift: &[i64],
+    value: &dyn Fn(&[Index]) -> Expr,
+) -> Kernel {
+    let rank = shift.len();
+    let mut kb = KernelBuilder::new(name);
+    let (n, c) = (kb.var(src.dims[0]), kb.var(src.dims[1]));
+    let (source, target) = (&src.dims[2..], &dst.dims[2..]);
+    // The source positions that land inside `dst`, per axis: `lo .. hi`.
+    let ranges: Vec<(i64, i64)> = (0..rank)
+        .map(|d| {
+            let lo = (-shift[d]).max(0);
+            let hi = (source[d] as i64).min(target[d] as i64 - shift[d]);
+            (lo, hi.max(lo))
+        })
+        .collect();
+    let covers_all = (0..rank).all(|d| shift[d] == 0 && source[d] == target[d]);
+    let mut per_image = Vec::new();
+    if !covers_all {
+        let c0 = kb.var(src.dims[1]);
+        let all = kb.vars(target);
+        let zero = dst.store(&[vec![ix(n), ix(c0)], ixs(&all)].concat(), cst(0.0));
+        per_image.push(kb.for_(c0, kb.nest(&all, vec![zero])));
+    }
+    let inside: Vec<_> = ranges
+        .iter()
+        .map(|&(lo, hi)| kb.var((hi - lo) as usize))
+        .collect();
+    let at_src: Vec<Index> = inside
+        .iter()
+        .zip(&ranges)
+        .map(|(&v, &(lo, _))| ix(v) + lo)
+        .collect();
+    let at_dst: Vec<Index> = at_src
+        .iter()
+        .zip(shift)
+        .map(|(i, &s)| i.clone() + s)
+        .collect();
+    let src_coords = [vec![ix(n), ix(c)], at_src].concat();
+    let copy = dst.store(&[vec![ix(n), ix(c)], at_dst].concat(), value(&src_coords));
+    per_image.push(kb.for_(c, kb.nest(&inside, vec![copy])));
+    let top = kb.parallel_for(n, per_image);
+    kb.finish(vec![top])
+}
+
+/// `dx[n, c, s] += padded[n, c, s + pad_before]`, parallel over the batch.
+pub fn crop_accumulate(name: String, padded: &Tensor, dx: &Tensor, pad_before: &[usize]) -> Kernel {
+    let mut kb = KernelBuilder::new(name);
+    let (n, c) = (kb.var(dx.dims[0]), kb.var(dx.dims[1]));
+    let positions = kb.vars(&dx.dims[2..]);
+    let shifted: Vec<Index> = positions
+        .iter()
+        .zip(pad_before)
+        .map(|(&p, &before)| ix(p) + before as i64)
+        .collect();
+    let at = [vec![ix(n), ix(c)], ixs(&positions)].concat();
+    let from = padded.load(&[vec![ix(n), ix(c)], shifted].concat());
+    let add = dx.accumulate(&at, from);
+    let top = kb.parallel_for(n, vec![kb.for_(c, kb.nest(&positions, vec![add]))]);
+    kb.finish(vec![top])
+}
+
+/// `packed[g, a, *k, b] = w[g·B + b, a, *k]` (`swap` false: `w [G·B, A, *K]`, the forward's
+/// `[g, ci, *k, co]`) or `packed[g, a, *k, b] = w[g·A + a, b, *k]` (`swap` true: `w [G·A, B, *K]`,
+/// the input gradient's `[g, co, *k, ci]`); parallel over groups.
+pub fn pack_weight(name: String, w: &Tensor, packed: &Tensor, swap: bool) -> Kernel {
+    let mut kb = KernelBuilder::new(name);
+    let (g, a) = (kb.var(packed.dims[0]), kb.var(packed.dims[1]));
+    let rank = packed.dims.len();
+    let window = kb.vars(&packed.dims[2..rank - 1]);
+    let b = kb.var(packed.dims[rank - 1]);
+    let (group_size, inner) = (packed.dims[rank - 1] as i64, packed.dims[1] as i64);
+    let source = match swap {
+        false => [vec![ix(g) * group_size + ix(b), ix(a)], ixs(&window)].concat(),
+        true => [vec![ix(g) * inner + ix(a), ix(b)], ixs(&window)].concat(),
+    };
+    let at = [vec![ix(g), ix(a)], ixs(&window), vec![ix(b)]].concat();
+    let copy = packed.store(&at, w.load(&source));
+    let body: Vec<Stmt> = vec![kb.for_(a, kb.nest(&window, vec![kb.for_(b, vec![copy])]))];
+    let top = kb.parallel_for(g, body);
+    kb.finish(vec![top])
+}
+
+/// `dy_t[n, *o, c] = value(dy at [n, c, *o])` (channels last, so the weight gradient's lanes over
+/// output channels are contiguous); parallel over the batch.
+pub fn transpose(
+    name: String,
+    dy: &Tensor,
+    dy_t: &Tensor,
+    value: &dyn Fn(&[Index]) -> Expr,
+) -> Kernel {
+    let mut kb = KernelBuilder::new(name);
+    let (n, c) = (kb.var(dy.dims[0]), kb.var(dy.dims[1]));
+    let positions = kb.vars(&dy.dims[2..]);
+    let from = [vec![ix(n), ix(c)], ixs(&positions)].concat();
+    let to = [vec![ix(n)], ixs(&positions), vec![ix(c)]].concat();
+    let copy = dy_t.store(&to, value(&from));
+    let top = kb.parallel_for(n, vec![kb.for_(c, kb.nest(&positions, vec![copy]))]);
+    kb.finish(vec![top])
+}
