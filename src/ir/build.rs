@@ -535,6 +535,7 @@ impl<'a> Builder<'a> {
             shape,
             span,
             name,
+            epilogue: None,
         });
         Ok(id)
     }

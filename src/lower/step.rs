@@ -14,6 +14,13 @@
 //! initialised, updated by the optimiser from `ParamGrad`s), `Labels` or `Target`, and for
 //! `train_forward` every dropout `Mask` (each element 0, with probability `p`, or `1/(1 − p)`;
 //! as `reference::dropout`). `train_forward` also updates batchnorm running statistics in their `Param` buffers.
+//!
+//! A node with an epilogue (a fused activation, `passes::fuse`) holds the activated value, and
+//! its gradient buffer the gradient with respect to it. Batchnorm and add apply the epilogue
+//! in their own kernels; every other op gets the fallback of [`with_epilogue`]: an in-place
+//! activation loop at the end of its forward kernel, and before its backward a kernel
+//! `<node>.epilogue_grad` storing `dy·act'(y)` in a `Scratch` buffer that its backward reads as
+//! its `dy`.
 
 use super::builder::{cst, ix, KernelBuilder, Tensor};
 use super::loops::{BufId, Kernel};
@@ -42,6 +49,9 @@ pub enum BufferRole {
     Mask(NodeId),
     /// Statistics kept from the training forward for backward: batchnorm `mean`, `invstd`.
     Saved(NodeId, &'static str),
+    /// A node's working buffer, like its value: `epilogue_grad`, the gradient before its
+    /// epilogue when its backward does not apply it.
+    Scratch(NodeId, &'static str),
 }
 
 /// One buffer: a stable name for dumps and errors, its length in `f32`s, its role.
@@ -98,7 +108,7 @@ pub fn plan(graph: &Graph, batch: usize, loss: Loss) -> Plan {
     };
     let (mut infer, mut train_forward) = (Vec::new(), Vec::new());
     for id in graph.node_ids() {
-        match forward(&table, id) {
+        match with_epilogue(&table, id) {
             Forward::Nothing => {}
             Forward::Same(k) => {
                 let i = push(k);
@@ -132,7 +142,7 @@ pub fn plan(graph: &Graph, batch: usize, loss: Loss) -> Plan {
         }
     }
     for id in (0..graph.nodes.len() as u32).rev().map(NodeId) {
-        for k in backward_kernels(&table, id) {
+        for k in backward_with_epilogue(&table, id) {
             backward.push(push(k));
         }
     }
@@ -164,6 +174,48 @@ enum Forward {
         infer: Kernel,
         train: Kernel,
     },
+}
+
+/// Whether `op`'s own kernels apply an epilogue; the others get [`with_epilogue`]'s fallback.
+fn lowers_epilogue(op: &Op) -> bool {
+    matches!(op, Op::BatchNorm(_) | Op::Add)
+}
+
+/// The scratch buffer of an epilogue's gradient, for a node lowered with the fallback.
+const EPILOGUE_GRAD: &str = "epilogue_grad";
+
+/// The node's forward kernels, and its epilogue by the fallback if its lowering has none.
+fn with_epilogue(t: &Table, id: NodeId) -> Forward {
+    let node = t.graph.node(id);
+    let forward = forward(t, id);
+    let Some(act) = node.epilogue.filter(|_| !lowers_epilogue(&node.op)) else {
+        return forward;
+    };
+    let activate = |k: Kernel| activation::apply_in_place(k, act, &t.value(id));
+    match forward {
+        Forward::Nothing => Forward::Nothing,
+        Forward::Same(k) => Forward::Same(activate(k)),
+        Forward::Modes { infer, train } => Forward::Modes {
+            infer: activate(infer),
+            train: activate(train),
+        },
+    }
+}
+
+/// The node's backward kernels, after the fallback's `epilogue_grad` kernel if it needs one.
+fn backward_with_epilogue(t: &Table, id: NodeId) -> Vec<Kernel> {
+    let node = t.graph.node(id);
+    let Some(dy) = t.grad(id) else {
+        return Vec::new();
+    };
+    match node.epilogue.filter(|_| !lowers_epilogue(&node.op)) {
+        None => backward_kernels(t, id, &dy),
+        Some(act) => {
+            let dz = t.extra(BufferRole::Scratch(id, EPILOGUE_GRAD), &dy);
+            let gradient = activation::epilogue_gradient(&node.name, act, &t.value(id), &dy, &dz);
+            [vec![gradient], backward_kernels(t, id, &dz)].concat()
+        }
+    }
 }
 
 fn forward(t: &Table, id: NodeId) -> Forward {
@@ -217,16 +269,16 @@ fn forward(t: &Table, id: NodeId) -> Forward {
         }
         Op::Add => {
             let xs: Vec<Tensor> = node.inputs.iter().map(|&i| t.value(i)).collect();
-            Forward::Same(join::add_forward(name, &xs.iter().collect::<Vec<_>>(), &y))
+            let xs: Vec<&Tensor> = xs.iter().collect();
+            Forward::Same(join::add_forward(name, &xs, &y, node.epilogue))
         }
     }
 }
 
-fn backward_kernels(t: &Table, id: NodeId) -> Vec<Kernel> {
+/// The node's backward kernels, reading `dy` as the gradient of its (pre-fallback) result.
+fn backward_kernels(t: &Table, id: NodeId, dy: &Tensor) -> Vec<Kernel> {
     let node = t.graph.node(id);
-    let Some(dy) = t.grad(id) else {
-        return Vec::new();
-    };
+    let dy = dy.clone();
     let name = node.name.as_str();
     let x = || t.value(node.inputs[0]);
     let dx = || t.grad(node.inputs[0]);
@@ -301,13 +353,14 @@ fn backward_kernels(t: &Table, id: NodeId) -> Vec<Kernel> {
         Op::Add => {
             let dxs: Vec<Option<Tensor>> = node.inputs.iter().map(|&i| t.grad(i)).collect();
             let dxs: Vec<Option<&Tensor>> = dxs.iter().map(Option::as_ref).collect();
-            vec![join::add_backward(name, &dy, &dxs)]
+            vec![join::add_backward(name, &y, &dy, &dxs, node.epilogue)]
         }
     }
 }
 
 /// The owned tensors of a batchnorm node, lent out as `norm::NormTensors`.
 struct NormParts {
+    epilogue: Option<crate::ir::Activation>,
     x: Tensor,
     y: Tensor,
     params: [Tensor; 4],
@@ -319,6 +372,7 @@ impl NormParts {
         let node = t.graph.node(id);
         let channels = Tensor::new(BufId(0), vec![bn.channels]);
         NormParts {
+            epilogue: node.epilogue,
             x: t.value(node.inputs[0]),
             y: t.value(id),
             params: [bn.weight, bn.bias, bn.running_mean, bn.running_var].map(|p| t.param(p)),
@@ -330,6 +384,7 @@ impl NormParts {
         let [weight, bias, running_mean, running_var] = &self.params;
         let [saved_mean, saved_invstd] = &self.saved;
         norm::NormTensors {
+            epilogue: self.epilogue,
             x: &self.x,
             y: &self.y,
             weight,
@@ -369,7 +424,7 @@ struct Table<'g> {
 
 impl<'g> Table<'g> {
     /// Declares, in this order: the input; each node's value, mask and saved statistics; each
-    /// parameter and its gradient; each node's gradient; labels or target; the loss.
+    /// parameter and its gradient; each node's gradient (and epilogue scratch); labels or target; the loss.
     fn new(graph: &'g Graph, batch: usize, loss: Loss) -> Table<'g> {
         let mut t = Table {
             graph,
@@ -447,6 +502,14 @@ impl<'g> Table<'g> {
                 )),
             };
             t.grads.push(grad);
+            if grad.is_some() && node.epilogue.is_some() && !lowers_epilogue(&node.op) {
+                let role = BufferRole::Scratch(id, EPILOGUE_GRAD);
+                t.add(
+                    format!("{}.{EPILOGUE_GRAD}", node.name),
+                    per_sample(node),
+                    role,
+                );
+            }
         }
         let truth = match loss {
             Loss::CrossEntropy => (
@@ -496,13 +559,13 @@ impl<'g> Table<'g> {
         Tensor::new(buf, self.graph.param(id).shape.clone())
     }
 
-    /// The buffer declared for `role` (a mask or saved statistics), shaped like `like`.
+    /// The buffer declared for `role` (a mask, saved statistics, scratch), shaped like `like`.
     fn extra(&self, role: BufferRole, like: &Tensor) -> Tensor {
         let index = self
             .decls
             .iter()
             .position(|d| d.role == role)
-            .expect("masks and saved statistics are declared with their node");
+            .expect("masks, saved statistics and scratch are declared with their node");
         Tensor::new(BufId(index as u32), like.dims.clone())
     }
 }
