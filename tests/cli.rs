@@ -113,7 +113,7 @@ fn missing_file_is_a_diagnostic() {
 
 #[test]
 fn dumps_are_deterministic() {
-    for stage in ["ast", "ir"] {
+    for stage in ["ast", "ir", "fused"] {
         let a = cnnc(&["dump", "--stage", stage, "models/googlenet.cnn"]);
         let b = cnnc(&["dump", "--stage", stage, "models/googlenet.cnn"]);
         assert_eq!(a.status.code(), Some(0), "{}", stderr(&a));

@@ -572,6 +572,7 @@ fn check_batchnorm(shape: Vec<usize>, momentum: f32, seed: u64) {
         m.zeros(&[channels]),
     );
     let t = norm::NormTensors {
+        epilogue: None,
         x: &x,
         y: &y,
         weight: &w,
@@ -678,11 +679,13 @@ fn check_concat_and_add(shape: Vec<usize>, extra_channels: Vec<usize>, seed: u64
         m.put(&xas[0]),
         m.zeros(&shapes[0]),
     );
-    m.run(&join::add_forward("add", &[&xs[0], &o, &xs[0]], &sum));
+    m.run(&join::add_forward("add", &[&xs[0], &o, &xs[0]], &sum, None));
     m.run(&join::add_backward(
         "add",
+        &sum,
         &dsum,
         &[Some(&dfirst), None, Some(&dfirst)],
+        None,
     ));
     let expected = reference::join::add_forward(&[&xas[0], &other, &xas[0]]);
     m.check(&sum, &expected, OP_RTOL, "add forward");

@@ -4,6 +4,10 @@
 //! then a training step (forward, loss, backward): output, mean loss, every parameter gradient
 //! and the updated running statistics, through the checking interpreter and the JIT on 3
 //! threads, and the JIT's buffers bitwise equal on 1 thread. Tolerance `1e-4 + 1e-3·|b|`.
+//!
+//! Every check runs twice: the plan of the graph as written, and the plan of the fused graph
+//! (`passes::fuse`), both against the reference of the graph as written; random small networks
+//! of conv, dense, batchnorm, add and activations exercise every fusion rule and its refusals.
 
 mod support;
 
@@ -157,12 +161,19 @@ fn init(graph: &Graph, rng: &mut Rng) -> Vec<ArrayD<f32>> {
         .collect()
 }
 
-/// Inference, then a training step (forward, loss, backward) of `graph`'s plan, checked
-/// against the reference: outputs, the mean loss, every parameter gradient and the updated
-/// running statistics.
+/// [`check_lowered`] for `graph` as written and after the fusion passes.
 fn check_plan(graph: &Graph, batch: usize, kind: Loss, seed: u64) {
+    check_lowered(graph, graph, batch, kind, seed);
+    check_lowered(graph, &cnnc::passes::fuse(graph), batch, kind, seed);
+}
+
+/// Inference, then a training step (forward, loss, backward) of `lowered`'s plan, checked
+/// against the reference of `graph` (the same nodes and parameters, `lowered` being `graph`
+/// or its fused form): outputs, the mean loss, every parameter gradient and the updated
+/// running statistics.
+fn check_lowered(graph: &Graph, lowered: &Graph, batch: usize, kind: Loss, seed: u64) {
     let mut rng = Rng(seed);
-    let plan = plan(graph, batch, kind);
+    let plan = plan(lowered, batch, kind);
     let params = init(graph, &mut rng);
     let x = rng.distinct(&batched(batch, &graph.input().shape.0));
     let masks: Vec<Option<ArrayD<f32>>> = graph
@@ -406,4 +417,94 @@ fn padded_strided_backward_kernels_run_in_parallel() {
             "{name} is not split:\n{clif}"
         );
     }
+}
+
+#[test]
+fn modern_lenet_matches_reference() {
+    check_plan(&load("models/lenet_modern.cnn"), 2, Loss::CrossEntropy, 9);
+}
+
+/// An activation drawn from every kind, including those the fusion pass refuses (softmax,
+/// leaky relu with a slope ≤ 0).
+fn random_activation(rng: &mut Rng) -> Activation {
+    match rng.below(7) {
+        0 => Activation::Relu,
+        1 => Activation::LeakyRelu { slope: 0.1 },
+        2 => Activation::LeakyRelu { slope: -0.5 },
+        3 => Activation::LeakyRelu { slope: 0.0 },
+        4 => Activation::Sigmoid,
+        5 => Activation::Tanh,
+        _ => Activation::Softmax,
+    }
+}
+
+/// `x`, or (three times in four) a random activation of `x`.
+fn activate(b: &mut GraphBuilder, rng: &mut Rng, x: NodeId, name: String) -> NodeId {
+    let shape = b.graph.node(x).shape.0.clone();
+    let op = Op::Activation(random_activation(rng));
+    if rng.below(4) == 0 {
+        x
+    } else {
+        b.node(&name, op, &[x], &shape)
+    }
+}
+
+/// input [2, 4, 4] → 2 to 4 blocks of conv 3×3 (padding 1), maybe batchnorm, maybe an add of
+/// an earlier block's value (which then has two consumers), maybe an activation → flatten →
+/// dense, maybe an activation → dense, maybe an activation.
+fn random_network(rng: &mut Rng) -> Graph {
+    let mut b = GraphBuilder::new(&[2, 4, 4]);
+    let (mut x, mut channels) = (NodeId(0), 2);
+    let mut earlier: Vec<(NodeId, usize)> = Vec::new();
+    for i in 0..2 + rng.below(3) {
+        let out = 2 + rng.below(2);
+        let shape = [out, 4, 4];
+        let conv = Conv {
+            padding: vec![(1, 1); 2],
+            ..plain_conv(channels, out, 3, 2)
+        };
+        x = b.conv(&format!("conv{i}"), x, conv, &shape);
+        channels = out;
+        if rng.below(2) == 0 {
+            x = b.batchnorm(&format!("batchnorm{i}"), x, &shape);
+        }
+        let same: Vec<NodeId> = earlier.iter().filter(|e| e.1 == out).map(|e| e.0).collect();
+        if !same.is_empty() && rng.below(2) == 0 {
+            let other = same[rng.below(same.len())];
+            x = b.node(&format!("add{i}"), Op::Add, &[x, other], &shape);
+        }
+        x = activate(&mut b, rng, x, format!("activation{i}"));
+        earlier.push((x, out));
+    }
+    let flat = b.node("flatten", Op::Flatten, &[x], &[channels * 16]);
+    let hidden = b.dense("dense1", flat, channels * 16, 4);
+    let hidden = activate(&mut b, rng, hidden, "activation_dense1".into());
+    let out = b.dense("dense2", hidden, 4, 3);
+    activate(&mut b, rng, out, "activation_dense2".into());
+    b.graph
+}
+
+/// Random networks through [`check_plan`] (fused and not); at least a quarter of their
+/// activations are fused, and some are refused, so both paths are exercised.
+#[test]
+fn random_networks_fused_and_unfused_match_reference() {
+    let (mut activations, mut fused) = (0, 0);
+    for seed in 0..12 {
+        let graph = random_network(&mut Rng(100 + seed));
+        let loss = if seed % 3 == 0 {
+            Loss::Mse
+        } else {
+            Loss::CrossEntropy
+        };
+        check_plan(&graph, 2, loss, seed);
+        let after = cnnc::passes::fuse(&graph);
+        activations += graph
+            .nodes
+            .iter()
+            .filter(|n| matches!(n.op, Op::Activation(_)))
+            .count();
+        fused += after.nodes.iter().filter(|n| n.epilogue.is_some()).count();
+    }
+    assert!(4 * fused >= activations, "{fused} of {activations} fused");
+    assert!(fused < activations, "every activation was fused");
 }

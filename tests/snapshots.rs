@@ -1,5 +1,6 @@
-//! Every seed network in `models/`: the `check` table and the IR dump, snapshotted, so that any
-//! change of a shape, a name, a parameter count or a MAC count shows up in review.
+//! Every seed network in `models/`: the `check` table, the IR dump and the fused IR dump,
+//! snapshotted, so that any change of a shape, a name, a parameter count, a MAC count or a
+//! fusion shows up in review.
 
 use std::path::Path;
 
@@ -32,6 +33,27 @@ fn ir_of_every_model() {
             assert_eq!(cnnc::ir::verify::verify(graph), Ok(()));
         }
         let dump: Vec<String> = graphs.iter().map(cnnc::ir::print::print_graph).collect();
+        insta::assert_snapshot!(dump.join("\n"));
+    });
+}
+
+/// `dump --stage fused`: which activations each model's producers absorb. The fused graph is
+/// well formed and keeps every node name and parameter of the graph as written.
+#[test]
+fn fused_ir_of_every_model() {
+    insta::glob!("../models", "*.cnn", |path| {
+        let graphs = load(path);
+        let mut dump = Vec::new();
+        for graph in &graphs {
+            let fused = cnnc::passes::fuse(graph);
+            assert_eq!(cnnc::ir::verify::verify(&fused), Ok(()));
+            assert_eq!(fused.params, graph.params);
+            let names = |g: &cnnc::ir::Graph| -> Vec<String> {
+                g.nodes.iter().map(|n| n.name.clone()).collect()
+            };
+            assert_eq!(names(&fused), names(graph));
+            dump.push(cnnc::ir::print::print_graph(&fused));
+        }
         insta::assert_snapshot!(dump.join("\n"));
     });
 }

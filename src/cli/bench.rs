@@ -8,7 +8,7 @@
 //! the machine's peak; the JIT compile time of every kernel (forward and backward); and the
 //! peak memory, which is every engine buffer (activations, gradients, parameters) plus the
 //! optimiser's state, all allocated once. `--layers` times each kernel of the plan alone with
-//! `Compiled::run`, grouped by layer.
+//! `Compiled::run`, grouped by layer. `--no-fuse` lowers the graph without the fusion passes.
 
 use std::path::Path;
 use std::time::Instant;
@@ -22,7 +22,7 @@ use super::{Failure, Format};
 use crate::ir::{params, Graph, Loss, Op, TrainConfig};
 use crate::jit::{Buffers, Compiled};
 use crate::lower::step::{plan, BufferRole, Plan};
-use crate::runtime::engine::{Engine, EngineError, Truth};
+use crate::runtime::engine::{Engine, EngineError, Fusion, Truth};
 use crate::runtime::init::initialize;
 use crate::runtime::optim::{Optimizer, OptimizerState};
 
@@ -42,6 +42,7 @@ pub struct Args<'a> {
     pub threads: Option<usize>,
     pub layers: bool,
     pub peak_gflops: f64,
+    pub fusion: Fusion,
     pub format: Format,
 }
 
@@ -111,7 +112,8 @@ pub fn run(args: &Args, sources: &mut crate::span::SourceMap) -> Result<String, 
     let loss = loss_of(&graph);
     let runtime = |e: EngineError| Failure::Runtime(e.to_string());
 
-    let mut engine = Engine::new(&graph, args.batch, loss, threads).map_err(runtime)?;
+    let mut engine =
+        Engine::with_fusion(&graph, args.batch, loss, threads, args.fusion).map_err(runtime)?;
     let values = initialize(&graph, config.init, config.seed);
     engine.set_params(&values).map_err(runtime)?;
     let input = sample_input(&graph, args.batch);
@@ -158,7 +160,11 @@ pub fn run(args: &Args, sources: &mut crate::span::SourceMap) -> Result<String, 
         macs_per_image: macs as u64,
     };
     let layers = if args.layers {
-        Some(time_layers(&graph, args.batch, loss, threads, &values)?)
+        let lowered = match args.fusion {
+            Fusion::On => crate::passes::fuse(&graph),
+            Fusion::Off => graph.clone(),
+        };
+        Some(time_layers(&lowered, args.batch, loss, threads, &values)?)
     } else {
         None
     };

@@ -1,5 +1,7 @@
-//! `cnnc dump --stage ast|ir|loops|clif FILE`: the parsed file as canonical `.cnn`, the
-//! expanded graph, the plan's loop nests, or the Cranelift IR of every generated function.
+//! `cnnc dump --stage ast|ir|fused|loops|clif FILE`: the parsed file as canonical `.cnn`, the
+//! expanded graph, the graph after the fusion passes, the plan's loop nests, or the Cranelift
+//! IR of every generated function. Loops and Cranelift IR are those of the fused graph, which
+//! is what the engine runs.
 //!
 //! Plans are built for one batch size; the dumps use batch 1 (the engine commands compile for
 //! the batch they are given, which changes only the extents of the batch loops).
@@ -37,6 +39,14 @@ pub fn report(
                 .collect::<Vec<_>>()
                 .join("\n"))
         }
+        Stage::Fused => {
+            let graphs = super::load_networks(file, network, sources)?;
+            Ok(graphs
+                .iter()
+                .map(|g| crate::ir::print::print_graph(&crate::passes::fuse(g)))
+                .collect::<Vec<_>>()
+                .join("\n"))
+        }
         Stage::Loops => {
             let graphs = super::load_networks(file, network, sources)?;
             Ok(graphs
@@ -62,8 +72,9 @@ pub fn report(
     }
 }
 
+/// The plan the engine would run: the fused graph's.
 fn plan_of(graph: &Graph) -> Plan {
-    plan(graph, DUMP_BATCH, loss_of(graph))
+    plan(&crate::passes::fuse(graph), DUMP_BATCH, loss_of(graph))
 }
 
 fn header(graph: &Graph) -> String {

@@ -20,6 +20,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::diag::{Code, Diagnostic};
 use crate::ir::Graph;
+use crate::runtime::engine::Fusion;
 use crate::span::SourceMap;
 
 #[derive(Parser)]
@@ -127,6 +128,9 @@ enum Command {
         /// The machine's peak in GFLOP/s, for the fraction reached.
         #[arg(long, default_value_t = bench::DEFAULT_PEAK_GFLOPS)]
         peak: f64,
+        /// Lower the graph as written, without the fusion passes (to measure what they give).
+        #[arg(long)]
+        no_fuse: bool,
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
@@ -162,6 +166,8 @@ pub enum Stage {
     Ast,
     /// The expanded graph with shapes and parameter names.
     Ir,
+    /// The graph after the fusion passes, as the engine lowers it.
+    Fused,
     /// The plan's buffers and loop nests, and its schedules (at batch 1).
     Loops,
     /// The Cranelift IR of every generated function (at batch 1, for this host).
@@ -251,6 +257,7 @@ pub fn run() -> i32 {
             threads,
             layers,
             peak,
+            no_fuse,
             format,
         } => bench::run(
             &bench::Args {
@@ -260,6 +267,7 @@ pub fn run() -> i32 {
                 threads: *threads,
                 layers: *layers,
                 peak_gflops: *peak,
+                fusion: if *no_fuse { Fusion::Off } else { Fusion::On },
                 format: *format,
             },
             &mut sources,

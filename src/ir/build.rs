@@ -462,6 +462,7 @@ impl<'a> Builder<'a> {
             shape,
             span,
             name,
+            epilogue: None,
         });
         Ok(id)
     }

@@ -216,6 +216,9 @@ pub struct Node {
     pub span: Span,
     /// Stable dotted path, e.g. `inception1.branch2.conv1`; parameter names extend it.
     pub name: String,
+    /// An activation applied to the op's result inside the op's own kernel: the node's value
+    /// is the activated one. `None` from the builder; set only by `passes::fuse`.
+    pub epilogue: Option<Activation>,
 }
 
 /// What a [`Param`] is, which fixes its initialisation and whether the optimiser updates it.

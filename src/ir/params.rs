@@ -138,6 +138,7 @@ mod tests {
             shape: Shape(dims.to_vec()),
             span: Span::default(),
             name: String::new(),
+            epilogue: None,
         }
     }
 

@@ -1,6 +1,10 @@
 //! `cnnc dump --stage ir`: a stable text form of a [`Graph`] — one line per node with its
 //! resolved hyper-parameters and output shape, then the parameters and the `train` settings.
 //! No addresses, no hash order: the same program always prints the same text.
+//!
+//! The same printer shows a fused graph (`--stage fused`): a node's epilogue follows its
+//! attributes (`conv(%0) channels=6 ... + sigmoid`), and an activation moved into its producer
+//! prints as `identity(%1) fused into conv1`.
 
 use std::fmt::Write;
 
@@ -17,7 +21,16 @@ pub fn print_graph(graph: &Graph) -> String {
     );
     for (i, node) in graph.nodes.iter().enumerate() {
         let inputs: Vec<String> = node.inputs.iter().map(|n| format!("%{}", n.0)).collect();
-        let attrs = attributes(&node.op);
+        let mut attrs = attributes(&node.op);
+        if let Some(activation) = node.epilogue {
+            attrs = format!("{attrs} + {}", epilogue(activation));
+        }
+        if let (Op::Identity, [producer]) = (&node.op, node.inputs.as_slice()) {
+            if graph.node(*producer).epilogue.is_some() {
+                attrs = format!("fused into {}", graph.node(*producer).name);
+            }
+        }
+        let attrs = attrs.trim_start().to_string();
         let sep = if attrs.is_empty() { "" } else { " " };
         let _ = writeln!(
             out,
@@ -49,6 +62,15 @@ pub fn print_graph(graph: &Graph) -> String {
         let _ = write!(out, "{train}");
     }
     out
+}
+
+/// `sigmoid`, `leaky_relu(slope=0.1)`
+fn epilogue(activation: Activation) -> String {
+    let op = Op::Activation(activation);
+    match attributes(&op) {
+        attrs if attrs.is_empty() => op.name().to_string(),
+        attrs => format!("{}({attrs})", op.name()),
+    }
 }
 
 /// `kernel=5x5 stride=1x1 ...` for the ops that have hyper-parameters.

@@ -1,97 +1,83 @@
 //! Activations: element-wise relu, leaky relu, sigmoid, tanh; softmax over the channel axis.
 //!
-//! Sigmoid and tanh backward read the forward *output* (`σ' = y(1 − y)`, `tanh' = 1 − y²`),
-//! which the plan keeps anyway. Relu's gradient at 0 is 0, as PyTorch's.
+//! Backward reads the forward *output* (`σ' = y(1 − y)`, `tanh' = 1 − y²`, relu's `y > 0`),
+//! which the plan keeps anyway; the same formulas ([`apply`], [`gradient_from_output`]) serve
+//! the epilogues fused into other ops' kernels. Relu's gradient at 0 is 0, as PyTorch's.
 
 use super::builder::{abs, cmp, cst, exp, ix, local, max, select, set, KernelBuilder, Tensor};
-use super::loops::{CmpOp, Expr, Kernel, Stmt};
+use super::loops::{CmpOp, Expr, Kernel};
 use crate::ir::Activation;
 
-/// An element-wise activation: statements (which may set locals of their own) and the value
-/// of `y`, given the local holding `x`.
-type Elementwise<'a> = &'a dyn Fn(&mut KernelBuilder, Expr) -> (Vec<Stmt>, Expr);
-
-/// `1 / (1 + e^−x)`: for very negative `x` the exponential overflows to ∞ and the result is 0.
-fn sigmoid(_: &mut KernelBuilder, x: Expr) -> (Vec<Stmt>, Expr) {
-    (Vec::new(), cst(1.0) / (cst(1.0) + exp(-x)))
-}
-
-/// `tanh x = sign(x) · (1 − e^−2|x|) / (1 + e^−2|x|)`: the exponential never overflows, and
-/// is computed once.
-fn tanh(kb: &mut KernelBuilder, x: Expr) -> (Vec<Stmt>, Expr) {
-    let (t, magnitude) = (kb.local(), kb.local());
-    let steps = vec![
-        set(t, exp(cst(-2.0) * abs(x.clone()))),
-        set(magnitude, (cst(1.0) - local(t)) / (cst(1.0) + local(t))),
-    ];
-    let signed = select(
-        cmp(CmpOp::Lt, x, cst(0.0)),
-        -local(magnitude),
-        local(magnitude),
-    );
-    (steps, signed)
-}
-
-/// `f(x)` as one expression, for the epilogue of a contraction nest (which may set no local);
-/// `None` for softmax, which is not element-wise and is never fused. Tanh is
-/// `sign(x)·(1 − e^−2|x|)/(1 + e^−2|x|)` with the magnitude computed in both arms of the
-/// select (two exponentials per output, against a whole reduction: negligible).
-pub fn apply(activation: Activation, x: Expr) -> Option<Expr> {
-    let positive = cmp(CmpOp::Gt, x.clone(), cst(0.0));
-    Some(match activation {
+/// `f(x)` for an element-wise activation, as one expression (so that any kernel can apply it
+/// to a value it is about to store: the fused epilogues of `passes::fuse`).
+///
+/// - sigmoid `1 / (1 + e^−x)`: for very negative `x` the exponential overflows to ∞ and the
+///   result is 0;
+/// - tanh `sign(x) · (1 − e^−2|x|) / (1 + e^−2|x|)`: the exponential never overflows (the two
+///   identical exponentials are one after Cranelift's value numbering).
+///
+/// # Panics
+/// For softmax, which is not element-wise (the fusion pass never makes it an epilogue).
+pub fn apply(act: Activation, x: Expr) -> Expr {
+    let positive = |v: &Expr| cmp(CmpOp::Gt, v.clone(), cst(0.0));
+    match act {
         Activation::Relu => max(x, cst(0.0)),
-        Activation::LeakyRelu { slope } => select(positive, x.clone(), cst(slope) * x),
+        Activation::LeakyRelu { slope } => select(positive(&x), x.clone(), cst(slope) * x),
         Activation::Sigmoid => cst(1.0) / (cst(1.0) + exp(-x)),
         Activation::Tanh => {
             let t = || exp(cst(-2.0) * abs(x.clone()));
-            let magnitude = || (cst(1.0) - t()) / (cst(1.0) + t());
-            select(
-                cmp(CmpOp::Lt, x.clone(), cst(0.0)),
-                -magnitude(),
-                magnitude(),
-            )
+            let sign = select(cmp(CmpOp::Lt, x.clone(), cst(0.0)), cst(-1.0), cst(1.0));
+            sign * ((cst(1.0) - t()) / (cst(1.0) + t()))
         }
-        Activation::Softmax => return None,
-    })
+        Activation::Softmax => panic!("softmax is not element-wise and has no single-value form"),
+    }
+}
+
+/// `dy · f'(x)` written with the output `y = f(x)` only, for the activations where that is
+/// possible: relu and leaky relu with a positive slope (`y > 0` exactly when `x > 0`, so the
+/// gradient at 0 is that of the negative side, as PyTorch's), sigmoid `y(1 − y)`, tanh
+/// `1 − y²`. `None` for softmax and for leaky relu with a slope ≤ 0.
+pub fn gradient_from_output(act: Activation, y: Expr, dy: Expr) -> Option<Expr> {
+    let positive = cmp(CmpOp::Gt, y.clone(), cst(0.0));
+    match act {
+        Activation::Relu => Some(select(positive, dy, cst(0.0))),
+        Activation::LeakyRelu { slope } if slope > 0.0 => {
+            Some(select(positive, dy.clone(), cst(slope) * dy))
+        }
+        Activation::Sigmoid => Some(dy * y.clone() * (cst(1.0) - y)),
+        Activation::Tanh => Some(dy * (cst(1.0) - y.clone() * y)),
+        Activation::LeakyRelu { .. } | Activation::Softmax => None,
+    }
+}
+
+/// The gradient with respect to a node's un-activated result, given `dy` with respect to its
+/// value `y` and its epilogue (`dy` itself without one).
+///
+/// # Panics
+/// If the epilogue's derivative is not a function of its output: `passes::fuse` never makes
+/// such an activation an epilogue.
+pub fn through_epilogue(epilogue: Option<Activation>, y: Expr, dy: Expr) -> Expr {
+    match epilogue {
+        None => dy,
+        Some(act) => gradient_from_output(act, y, dy)
+            .unwrap_or_else(|| panic!("{act:?} cannot be an epilogue (passes::fuse)")),
+    }
 }
 
 /// The value a contraction nest stores for its sum `acc`: `acc`, or its fused activation.
 pub fn fused(epilogue: Option<Activation>, acc: Expr) -> Expr {
     match epilogue {
         None => acc,
-        Some(act) => apply(act, acc).expect("softmax is never fused into a contraction"),
+        Some(act) => apply(act, acc),
     }
-}
-
-/// `dy · f'(x)` written with the output `y = f(x)` alone, for a kernel that consumes the
-/// gradient of a fused activation; `None` when `y` does not determine the derivative (softmax,
-/// leaky relu with a negative slope, where `y > 0` no longer means `x > 0`).
-pub fn gradient_from_output(activation: Activation, y: Expr, dy: Expr) -> Option<Expr> {
-    let positive = cmp(CmpOp::Gt, y.clone(), cst(0.0));
-    Some(match activation {
-        Activation::Relu => select(positive, dy, cst(0.0)),
-        Activation::LeakyRelu { slope } if slope >= 0.0 => {
-            select(positive, dy.clone(), cst(slope) * dy)
-        }
-        Activation::Sigmoid => dy * y.clone() * (cst(1.0) - y),
-        Activation::Tanh => dy * (cst(1.0) - y.clone() * y),
-        Activation::LeakyRelu { .. } | Activation::Softmax => return None,
-    })
 }
 
 /// `y = f(x)`, parallel over the batch.
 pub fn forward(name: &str, activation: Activation, x: &Tensor, y: &Tensor) -> Kernel {
-    let positive = |v: &Expr| cmp(CmpOp::Gt, v.clone(), cst(0.0));
-    let f: Elementwise = match activation {
-        Activation::Relu => &|_, v| (Vec::new(), max(v, cst(0.0))),
-        Activation::LeakyRelu { slope } => {
-            &move |_, v| (Vec::new(), select(positive(&v), v.clone(), cst(slope) * v))
-        }
-        Activation::Sigmoid => &sigmoid,
-        Activation::Tanh => &tanh,
-        Activation::Softmax => return softmax_forward(name, x, y),
-    };
-    elementwise_forward(name, x, y, f)
+    match activation {
+        Activation::Softmax => softmax_forward(name, x, y),
+        _ => elementwise_forward(name, x, y, activation),
+    }
 }
 
 /// `dx += f'(x) · dy`, parallel over the batch.
@@ -103,40 +89,49 @@ pub fn backward(
     dy: &Tensor,
     dx: &Tensor,
 ) -> Kernel {
-    let positive = |v: &Expr| cmp(CmpOp::Gt, v.clone(), cst(0.0));
     let t = ElementwiseGrad { x, y, dy, dx };
     match activation {
-        Activation::Relu => {
-            elementwise_backward(name, &t, |x, _, g| select(positive(&x), g, cst(0.0)))
-        }
-        Activation::LeakyRelu { slope } => elementwise_backward(name, &t, |x, _, g| {
-            select(positive(&x), g.clone(), cst(slope) * g)
-        }),
-        Activation::Sigmoid => {
-            elementwise_backward(name, &t, |_, y, g| g * y.clone() * (cst(1.0) - y))
-        }
-        Activation::Tanh => {
-            elementwise_backward(name, &t, |_, y, g| g * (cst(1.0) - y.clone() * y))
-        }
         Activation::Softmax => softmax_backward(name, y, dy, dx),
+        // With a slope ≤ 0 the output does not tell the sign of the input.
+        Activation::LeakyRelu { slope } if slope.is_nan() || slope <= 0.0 => {
+            elementwise_backward(name, &t, |x, _, g| {
+                select(cmp(CmpOp::Gt, x, cst(0.0)), g.clone(), cst(slope) * g)
+            })
+        }
+        _ => elementwise_backward(name, &t, |_, y, g| through_epilogue(Some(activation), y, g)),
     }
 }
 
 /// `y[n, e] = f(x[n, e])`, with `x[n, e]` loaded once into a local.
-fn elementwise_forward(name: &str, x: &Tensor, y: &Tensor, f: Elementwise) -> Kernel {
+fn elementwise_forward(name: &str, x: &Tensor, y: &Tensor, activation: Activation) -> Kernel {
     let (x, y) = (x.rows(), y.rows());
     let mut kb = KernelBuilder::new(format!("{name}.forward"));
     let (n, e) = (kb.var(x.dims[0]), kb.var(x.dims[1]));
     let value = kb.local();
     let at = [ix(n), ix(e)];
-    let (steps, result) = f(&mut kb, local(value));
-    let body = [
-        vec![set(value, x.load(&at))],
-        steps,
-        vec![y.store(&at, result)],
-    ]
-    .concat();
+    let body = vec![
+        set(value, x.load(&at)),
+        y.store(&at, apply(activation, local(value))),
+    ];
     let top = kb.parallel_for(n, vec![kb.for_(e, body)]);
+    kb.finish(vec![top])
+}
+
+/// `dz = dy · f'(y)` into its own buffer, parallel over the batch: the gradient before the
+/// epilogue, for a backward whose contractions read `dz` as their operand (dense).
+pub fn epilogue_gradient(
+    name: &str,
+    act: Activation,
+    y: &Tensor,
+    dy: &Tensor,
+    dz: &Tensor,
+) -> Kernel {
+    let (y, dy, dz) = (y.rows(), dy.rows(), dz.rows());
+    let mut kb = KernelBuilder::new(format!("{name}.epilogue_grad"));
+    let (n, e) = (kb.var(y.dims[0]), kb.var(y.dims[1]));
+    let at = [ix(n), ix(e)];
+    let value = through_epilogue(Some(act), y.load(&at), dy.load(&at));
+    let top = kb.parallel_for(n, vec![kb.for_(e, vec![dz.store(&at, value)])]);
     kb.finish(vec![top])
 }
 

@@ -105,7 +105,7 @@ pub fn backward(
         None => dy,
         Some(act) => {
             let dz = t.scratch.get("dz");
-            kernels.push(activation_gradient(name, act, t.y, dy, dz));
+            kernels.push(activation::epilogue_gradient(name, act, t.y, dy, dz));
             dz
         }
     };
@@ -113,23 +113,6 @@ pub fn backward(
     kernels.push(backward_weight(name, dense, t, dz, dweight));
     kernels.extend(dbias.map(|db| backward_bias(name, dense, dz, db)));
     kernels
-}
-
-/// `dz[n, u] = dy[n, u] · act'(y[n, u])`, parallel over the batch.
-fn activation_gradient(
-    name: &str,
-    act: Activation,
-    y: &Tensor,
-    dy: &Tensor,
-    dz: &Tensor,
-) -> Kernel {
-    let mut kb = KernelBuilder::new(format!("{name}.activation_gradient"));
-    let (n, u) = (kb.var(dz.dims[0]), kb.var(dz.dims[1]));
-    let at = [ix(n), ix(u)];
-    let value = activation::gradient_from_output(act, y.load(&at), dy.load(&at))
-        .expect("only activations whose derivative follows from the output are fused");
-    let top = kb.parallel_for(n, vec![kb.for_(u, vec![dz.store(&at, value)])]);
-    kb.finish(vec![top])
 }
 
 /// `dx[n, f] += Σ_u dy[n, u] · W[u, f]` (from the accumulated `dx`, `u` in order), lanes over

@@ -1,8 +1,12 @@
 //! Branch joins: `concat` (along the channel axis, in input order) and `add` (element-wise).
 //! Flatten and identity need no kernel: the plan gives them their input's buffers.
+//! `add` applies a fused activation (`epilogue`, see `passes::fuse`) in its store, and its
+//! backward forms `dy·act'(y)` once per element before fanning it out.
 
-use super::builder::{ix, KernelBuilder, Tensor};
+use super::activation::{apply, through_epilogue};
+use super::builder::{ix, local, set, KernelBuilder, Tensor};
 use super::loops::{Expr, Kernel};
+use crate::ir::Activation;
 
 /// `y[n, offset_i + c, p] = x_i[n, c, p]`, parallel over the batch.
 pub fn concat_forward(name: &str, xs: &[&Tensor], y: &Tensor) -> Kernel {
@@ -50,8 +54,8 @@ pub fn concat_backward(name: &str, xs: &[&Tensor], dy: &Tensor, dxs: &[Option<&T
     kb.finish(vec![top])
 }
 
-/// `y = Σ_i x_i`, left to right, parallel over the batch.
-pub fn add_forward(name: &str, xs: &[&Tensor], y: &Tensor) -> Kernel {
+/// `y = act(Σ_i x_i)` (`Σ_i x_i` without an epilogue), left to right, parallel over the batch.
+pub fn add_forward(name: &str, xs: &[&Tensor], y: &Tensor, epilogue: Option<Activation>) -> Kernel {
     let y = y.rows();
     let mut kb = KernelBuilder::new(format!("{name}.forward"));
     let (n, e) = (kb.var(y.dims[0]), kb.var(y.dims[1]));
@@ -61,20 +65,35 @@ pub fn add_forward(name: &str, xs: &[&Tensor], y: &Tensor) -> Kernel {
         .map(|x| x.rows().load(&at))
         .reduce(|a, b| a + b)
         .unwrap_or(Expr::Const(0.0));
+    let sum = match epilogue {
+        Some(act) => apply(act, sum),
+        None => sum,
+    };
     let top = kb.parallel_for(n, vec![kb.for_(e, vec![y.store(&at, sum)])]);
     kb.finish(vec![top])
 }
 
-/// `dx_i += dy` for each input that needs a gradient, parallel over the batch.
-pub fn add_backward(name: &str, dy: &Tensor, dxs: &[Option<&Tensor>]) -> Kernel {
-    let dy = dy.rows();
+/// `dx_i += dy` for each input that needs a gradient (`dy·act'(y)` with an epilogue), parallel
+/// over the batch.
+pub fn add_backward(
+    name: &str,
+    y: &Tensor,
+    dy: &Tensor,
+    dxs: &[Option<&Tensor>],
+    epilogue: Option<Activation>,
+) -> Kernel {
+    let (y, dy) = (y.rows(), dy.rows());
     let mut kb = KernelBuilder::new(format!("{name}.backward_input"));
     let (n, e) = (kb.var(dy.dims[0]), kb.var(dy.dims[1]));
+    let g = kb.local();
     let at = [ix(n), ix(e)];
-    let adds = dxs
-        .iter()
-        .flatten()
-        .map(|dx| dx.rows().accumulate(&at, dy.load(&at)))
+    let gradient = set(g, through_epilogue(epilogue, y.load(&at), dy.load(&at)));
+    let adds = std::iter::once(gradient)
+        .chain(
+            dxs.iter()
+                .flatten()
+                .map(|dx| dx.rows().accumulate(&at, local(g))),
+        )
         .collect();
     let top = kb.parallel_for(n, vec![kb.for_(e, adds)]);
     kb.finish(vec![top])
@@ -119,9 +138,13 @@ mod tests {
         let y = Tensor::new(BufId(1), vec![1, 3]);
         let dx = Tensor::new(BufId(2), vec![1, 3]);
         let mut bufs = vec![vec![1., 2., 3.], vec![0.; 3], vec![0.; 3]];
-        run(&add_forward("add", &[&x, &x], &y), &mut bufs).unwrap();
+        run(&add_forward("add", &[&x, &x], &y, None), &mut bufs).unwrap();
         assert_eq!(bufs[1], vec![2., 4., 6.]);
-        run(&add_backward("add", &y, &[Some(&dx), Some(&dx)]), &mut bufs).unwrap();
+        run(
+            &add_backward("add", &y, &y, &[Some(&dx), Some(&dx)], None),
+            &mut bufs,
+        )
+        .unwrap();
         assert_eq!(bufs[2], vec![4., 8., 12.]);
     }
 }

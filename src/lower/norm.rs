@@ -5,13 +5,20 @@
 //! statistics with `momentum`, the variance unbiased by `M/(M−1)` over the `M = N·ΠS` values of
 //! a channel (PyTorch). Inference uses the running statistics. Every kernel runs one channel
 //! per iteration of its parallel loop (except inference, which is element-wise over the batch).
+//!
+//! A fused activation (`epilogue`, see `passes::fuse`) is applied in the stores of `y`; the
+//! backward then receives `dy` with respect to the activated `y` and turns it into the gradient
+//! of the normalised value (`dy·act'(y)`) where it reads it, without a buffer of its own.
 
+use super::activation::{apply, through_epilogue};
 use super::builder::{cst, fma, ix, local, set, sqrt, KernelBuilder, Tensor};
-use super::loops::{Kernel, Var};
-use crate::ir::BatchNorm;
+use super::loops::{Expr, Kernel, Var};
+use crate::ir::{Activation, BatchNorm};
 
 /// The tensors of one batchnorm layer; `x` and `y` carry the batch axis; the rest are `[C]`.
+/// `epilogue` is the fused activation, if any (so `y` holds the activated values).
 pub struct NormTensors<'a> {
+    pub epilogue: Option<Activation>,
     pub x: &'a Tensor,
     pub y: &'a Tensor,
     pub weight: &'a Tensor,
@@ -89,7 +96,7 @@ pub fn forward_train(name: &str, bn: &BatchNorm, t: &NormTensors) -> Kernel {
     body.push(ch.over_channel(&mut kb, |n, p| {
         let normalised = (x.load(&at(n, p)) - local(mean)) * local(invstd);
         let value = fma(normalised, t.weight.load(&channel), t.bias.load(&channel));
-        vec![y.store(&at(n, p), value)]
+        vec![y.store(&at(n, p), activated(t.epilogue, value))]
     }));
     body.extend([
         t.saved_mean.store(&channel, local(mean)),
@@ -126,12 +133,23 @@ pub fn forward_infer(name: &str, bn: &BatchNorm, t: &NormTensors) -> Kernel {
             p,
             vec![y.store(
                 &at,
-                fma(normalised, t.weight.load(&[ix(c)]), t.bias.load(&[ix(c)])),
+                activated(
+                    t.epilogue,
+                    fma(normalised, t.weight.load(&[ix(c)]), t.bias.load(&[ix(c)])),
+                ),
             )],
         ),
     ];
     let top = kb.parallel_for(n, vec![kb.for_(c, per_channel)]);
     kb.finish(vec![top])
+}
+
+/// `act(value)`, or `value` without an epilogue.
+fn activated(epilogue: Option<Activation>, value: Expr) -> Expr {
+    match epilogue {
+        Some(act) => apply(act, value),
+        None => value,
+    }
 }
 
 /// Training backward, one kernel parallel over channels: `dweight = Σ dy·x̂`, `dbias = Σ dy`,
@@ -144,14 +162,27 @@ pub fn backward(
     dweight: &Tensor,
     dbias: &Tensor,
 ) -> Kernel {
-    let (x, dy) = (t.x.channels_view(), dy.channels_view());
+    let (x, y, dy) = (t.x.channels_view(), t.y.channels_view(), dy.channels_view());
     let mut kb = KernelBuilder::new(format!("{name}.backward"));
     let ch = Passes::new(&mut kb, &x);
     let c = ix(ch.c);
     let channel = [c.clone()];
-    let (mean, invstd, sum_dy, sum_dy_xhat, xhat) =
-        (kb.local(), kb.local(), kb.local(), kb.local(), kb.local());
+    let (mean, invstd, sum_dy, sum_dy_xhat, xhat, g) = (
+        kb.local(),
+        kb.local(),
+        kb.local(),
+        kb.local(),
+        kb.local(),
+        kb.local(),
+    );
     let at = |n, p| [ix(n), c.clone(), ix(p)];
+    // The gradient with respect to the normalised value, before the epilogue.
+    let gradient = |n, p| {
+        set(
+            g,
+            through_epilogue(t.epilogue, y.load(&at(n, p)), dy.load(&at(n, p))),
+        )
+    };
     let normalise = |n, p| set(xhat, (x.load(&at(n, p)) - local(mean)) * local(invstd));
     let mut body = vec![
         set(mean, t.saved_mean.load(&channel)),
@@ -162,11 +193,9 @@ pub fn backward(
     body.push(ch.over_channel(&mut kb, |n, p| {
         vec![
             normalise(n, p),
-            set(sum_dy, local(sum_dy) + dy.load(&at(n, p))),
-            set(
-                sum_dy_xhat,
-                fma(dy.load(&at(n, p)), local(xhat), local(sum_dy_xhat)),
-            ),
+            gradient(n, p),
+            set(sum_dy, local(sum_dy) + local(g)),
+            set(sum_dy_xhat, fma(local(g), local(xhat), local(sum_dy_xhat))),
         ]
     }));
     body.push(dweight.store(&channel, local(sum_dy_xhat)));
@@ -175,11 +204,12 @@ pub fn backward(
         let dx = dx.channels_view();
         let count = cst(ch.count());
         body.push(ch.over_channel(&mut kb, |n, p| {
-            let centred = dy.load(&at(n, p))
+            let centred = local(g)
                 - local(sum_dy) / count.clone()
                 - local(xhat) * (local(sum_dy_xhat) / count);
             vec![
                 normalise(n, p),
+                gradient(n, p),
                 dx.accumulate(
                     &at(n, p),
                     centred * (local(invstd) * t.weight.load(&channel)),
@@ -225,6 +255,7 @@ mod tests {
         let [w, b, rm, rv, sm, si, dw, db]: [Tensor; 8] =
             [2, 3, 4, 5, 6, 7, 10, 11].map(|b| Tensor::new(BufId(b), vec![1]));
         let t = NormTensors {
+            epilogue: None,
             x: &x,
             y: &y,
             weight: &w,

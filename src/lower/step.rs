@@ -14,6 +14,11 @@
 //! initialised, updated by the optimiser from `ParamGrad`s), `Labels` or `Target`, and for
 //! `train_forward` every dropout `Mask` (each element 0, with probability `p`, or `1/(1 − p)`;
 //! as `reference::dropout`). `train_forward` also updates batchnorm running statistics in their `Param` buffers.
+//!
+//! A node with an epilogue (a fused activation, `passes::fuse`: conv, dense, batchnorm, add)
+//! holds the activated value, and its gradient buffer the gradient with respect to it. Its own
+//! kernels apply the epilogue where they store the value, and `dy·act'(y)` where they read the
+//! gradient (conv in its `dy` transposition and padding copies, dense in one `dz` kernel).
 
 use super::builder::{cst, ix, KernelBuilder, Scratch, Tensor};
 use super::loops::{BufId, Kernel};
@@ -42,9 +47,9 @@ pub enum BufferRole {
     Mask(NodeId),
     /// Statistics kept from the training forward for backward: batchnorm `mean`, `invstd`.
     Saved(NodeId, &'static str),
-    /// A layer's working copy (`conv1.padded_input`, `conv2.packed_weight`, `conv1.dy_t`),
-    /// filled by a kernel of the same schedule right before the kernel that reads it: the
-    /// runtime never fills it.
+    /// A layer's working copy (`conv1.padded_input`, `conv2.packed_weight`, `conv1.dy_t`,
+    /// `dense1.dz`), filled by a kernel of the same schedule right before the kernel that reads
+    /// it: the runtime never fills it.
     Scratch(NodeId, &'static str),
 }
 
@@ -194,7 +199,7 @@ fn forward(t: &Table, id: NodeId) -> Forward {
                 y: &y,
                 scratch: t.scratch(id),
             };
-            Forward::Same(conv::forward(name, c, &tensors, None))
+            Forward::Same(conv::forward(name, c, &tensors, node.epilogue))
         }
         Op::Pool(p) => Forward::one(pool::forward(name, p, &x(), &y)),
         Op::GlobalAvgPool => Forward::one(pool::global_avg_forward(name, &x(), &y)),
@@ -207,7 +212,7 @@ fn forward(t: &Table, id: NodeId) -> Forward {
                 y: &y,
                 scratch: t.scratch(id),
             };
-            Forward::Same(dense::forward(name, d, &tensors, None))
+            Forward::Same(dense::forward(name, d, &tensors, node.epilogue))
         }
         Op::Activation(a) => Forward::one(activation::forward(name, *a, &x(), &y)),
         Op::Dropout { .. } => Forward::Modes {
@@ -231,11 +236,14 @@ fn forward(t: &Table, id: NodeId) -> Forward {
         }
         Op::Add => {
             let xs: Vec<Tensor> = node.inputs.iter().map(|&i| t.value(i)).collect();
-            Forward::one(join::add_forward(name, &xs.iter().collect::<Vec<_>>(), &y))
+            let xs: Vec<&Tensor> = xs.iter().collect();
+            Forward::one(join::add_forward(name, &xs, &y, node.epilogue))
         }
     }
 }
 
+/// The node's backward kernels; `dy` is the gradient of its value (after its epilogue, which
+/// the kernels reading `dy` apply).
 fn backward_kernels(t: &Table, id: NodeId) -> Vec<Kernel> {
     let node = t.graph.node(id);
     let Some(dy) = t.grad(id) else {
@@ -267,7 +275,7 @@ fn backward_kernels(t: &Table, id: NodeId) -> Vec<Kernel> {
                 dx.as_ref(),
                 &dw,
                 dbias.as_ref(),
-                None,
+                node.epilogue,
             )
         }
         Op::Pool(p) => dx()
@@ -298,7 +306,7 @@ fn backward_kernels(t: &Table, id: NodeId) -> Vec<Kernel> {
                 dx.as_ref(),
                 &dw,
                 dbias.as_ref(),
-                None,
+                node.epilogue,
             )
         }
         Op::Activation(a) => dx()
@@ -337,13 +345,14 @@ fn backward_kernels(t: &Table, id: NodeId) -> Vec<Kernel> {
         Op::Add => {
             let dxs: Vec<Option<Tensor>> = node.inputs.iter().map(|&i| t.grad(i)).collect();
             let dxs: Vec<Option<&Tensor>> = dxs.iter().map(Option::as_ref).collect();
-            vec![join::add_backward(name, &dy, &dxs)]
+            vec![join::add_backward(name, &y, &dy, &dxs, node.epilogue)]
         }
     }
 }
 
 /// The owned tensors of a batchnorm node, lent out as `norm::NormTensors`.
 struct NormParts {
+    epilogue: Option<crate::ir::Activation>,
     x: Tensor,
     y: Tensor,
     params: [Tensor; 4],
@@ -355,6 +364,7 @@ impl NormParts {
         let node = t.graph.node(id);
         let channels = Tensor::new(BufId(0), vec![bn.channels]);
         NormParts {
+            epilogue: node.epilogue,
             x: t.value(node.inputs[0]),
             y: t.value(id),
             params: [bn.weight, bn.bias, bn.running_mean, bn.running_var].map(|p| t.param(p)),
@@ -366,6 +376,7 @@ impl NormParts {
         let [weight, bias, running_mean, running_var] = &self.params;
         let [saved_mean, saved_invstd] = &self.saved;
         norm::NormTensors {
+            epilogue: self.epilogue,
             x: &self.x,
             y: &self.y,
             weight,
@@ -525,7 +536,12 @@ impl<'g> Table<'g> {
                 let (x, y) = (self.value(node.inputs[0]), self.value(id));
                 conv::scratch(c, &x, &y, has_gradient, has_input_gradient)
             }
-            Op::Dense(d) => dense::scratch(d, &self.value(node.inputs[0]), has_gradient, None),
+            Op::Dense(d) => dense::scratch(
+                d,
+                &self.value(node.inputs[0]),
+                has_gradient,
+                node.epilogue,
+            ),
             _ => Vec::new(),
         };
         let name = node.name.clone();
@@ -575,13 +591,13 @@ impl<'g> Table<'g> {
         Tensor::new(buf, self.graph.param(id).shape.clone())
     }
 
-    /// The buffer declared for `role` (a mask or saved statistics), shaped like `like`.
+    /// The buffer declared for `role` (a mask, saved statistics, scratch), shaped like `like`.
     fn extra(&self, role: BufferRole, like: &Tensor) -> Tensor {
         let index = self
             .decls
             .iter()
             .position(|d| d.role == role)
-            .expect("masks and saved statistics are declared with their node");
+            .expect("masks, saved statistics and scratch are declared with their node");
         Tensor::new(BufId(index as u32), like.dims.clone())
     }
 }

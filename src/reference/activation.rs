@@ -42,6 +42,26 @@ pub fn backward(
     }
 }
 
+/// The gradient with respect to `x` from the output `y` alone, as an epilogue's backward
+/// (`passes::fuse` fuses only the activations where this is exact: for relu and leaky relu
+/// with a positive slope, `y > 0` exactly when `x > 0`).
+///
+/// # Panics
+/// For softmax or a leaky relu slope ≤ 0, which are never epilogues.
+pub fn backward_from_output(
+    y: &ArrayD<f32>,
+    activation: Activation,
+    gy: &ArrayD<f32>,
+) -> ArrayD<f32> {
+    match activation {
+        Activation::Softmax => panic!("softmax is never an epilogue"),
+        Activation::LeakyRelu { slope } if slope.is_nan() || slope <= 0.0 => {
+            panic!("a leaky relu of slope {slope} is never an epilogue")
+        }
+        _ => backward(y, y, activation, gy),
+    }
+}
+
 /// Softmax along axis 1 at every other index, stable: the lane's maximum is subtracted first.
 pub fn softmax(x: &ArrayD<f32>) -> ArrayD<f32> {
     let mut y = x.clone();

@@ -46,6 +46,7 @@ impl GraphBuilder {
             shape: Shape(shape.to_vec()),
             span: Span::default(),
             name: name.into(),
+            epilogue: None,
         });
         self.graph.output = id;
         id

@@ -6,7 +6,9 @@
 //! are in PyTorch layouts, indexed by [`ParamId`]. Sums are accumulated in f64.
 //! Each op family has a file with `forward` and `backward` side by side; this file runs a whole
 //! [`Graph`]: [`forward`] in node order, [`backward`] in reverse node order, summing the
-//! gradients of values read by several nodes.
+//! gradients of values read by several nodes. A node with an epilogue (`passes::fuse`) is its
+//! op followed by the activation, forward and backward, so the reference of a fused graph is
+//! exactly that of the graph before fusion.
 //!
 //! Its own tests check every backward against central finite differences (helpers in
 //! `check.rs`) and whole graphs against the committed PyTorch goldens (`golden.rs`); the
@@ -19,7 +21,7 @@
 
 pub mod activation;
 #[cfg(test)]
-mod check;
+pub(crate) mod check;
 pub mod conv;
 pub mod dense;
 pub mod dropout;
@@ -128,6 +130,10 @@ pub fn forward(
             Op::Concat => join::concat_forward(&inputs(node.inputs.as_slice(), &values)),
             Op::Add => join::add_forward(&inputs(node.inputs.as_slice(), &values)),
         };
+        let value = match node.epilogue {
+            Some(act) => activation::forward(&value, act),
+            None => value,
+        };
         assert_eq!(
             &value.shape()[1..],
             &node.shape.0[..],
@@ -175,6 +181,10 @@ pub fn backward(
             continue; // the output does not depend on this node
         };
         let node = graph.node(id);
+        let gy = match node.epilogue {
+            Some(act) => activation::backward_from_output(&values[id.0 as usize], act, &gy),
+            None => gy,
+        };
         let x = |k: usize| &values[node.inputs[k].0 as usize];
         let mut add_param =
             |id: ParamId, g: ArrayD<f32>| accumulate(&mut param_grads[id.0 as usize], g);

@@ -4,6 +4,9 @@
 //! The engine holds the parameters while it runs (in the plan's `Param` buffers); the training
 //! loop hands them between engines of different batch sizes (an epoch's last, partial batch)
 //! with [`Engine::params`] and [`Engine::set_params`]. Nothing is allocated per step.
+//!
+//! The engine lowers the graph after `passes::fuse` (same nodes, names and parameters, so
+//! nothing outside it can tell), unless built with [`Fusion::Off`] to measure the difference.
 
 use std::fmt;
 
@@ -61,6 +64,14 @@ impl From<JitError> for EngineError {
     }
 }
 
+/// Whether an engine lowers the graph after the fusion passes (the default) or as written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Fusion {
+    #[default]
+    On,
+    Off,
+}
+
 pub struct Engine {
     plan: Plan,
     compiled: Compiled,
@@ -78,14 +89,33 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Lowers and compiles `graph` for batches of `batch` samples trained with `loss`; kernels
-    /// run on `threads` threads.
+    /// Fuses, lowers and compiles `graph` for batches of `batch` samples trained with `loss`;
+    /// kernels run on `threads` threads.
     pub fn new(
         graph: &Graph,
         batch: usize,
         loss: Loss,
         threads: usize,
     ) -> Result<Engine, EngineError> {
+        Engine::with_fusion(graph, batch, loss, threads, Fusion::On)
+    }
+
+    /// [`Engine::new`], with the fusion passes on or off.
+    pub fn with_fusion(
+        graph: &Graph,
+        batch: usize,
+        loss: Loss,
+        threads: usize,
+        fusion: Fusion,
+    ) -> Result<Engine, EngineError> {
+        let fused;
+        let graph = match fusion {
+            Fusion::On => {
+                fused = crate::passes::fuse(graph);
+                &fused
+            }
+            Fusion::Off => graph,
+        };
         let plan = plan(graph, batch, loss);
         let lens: Vec<usize> = plan.buffers.iter().map(|b| b.len).collect();
         let compiled = Compiled::new(&plan.kernels, &lens)?;

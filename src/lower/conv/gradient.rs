@@ -36,11 +36,7 @@ pub(super) fn padded_dy_dims(conv: &Conv, dims: &Dims) -> Vec<usize> {
 impl Gradient<'_> {
     /// The gradient before the fused activation at `dy`'s coordinates `at`.
     pub fn pre_activation(&self, at: &[Index]) -> Expr {
-        match self.epilogue {
-            None => self.dy.load(at),
-            Some(act) => activation::gradient_from_output(act, self.t.y.load(at), self.dy.load(at))
-                .expect("only activations whose derivative follows from the output are fused"),
-        }
+        activation::through_epilogue(self.epilogue, self.t.y.load(at), self.dy.load(at))
     }
 
     /// The kernels that accumulate `dx`.
