@@ -536,12 +536,9 @@ impl<'g> Table<'g> {
                 let (x, y) = (self.value(node.inputs[0]), self.value(id));
                 conv::scratch(c, &x, &y, has_gradient, has_input_gradient)
             }
-            Op::Dense(d) => dense::scratch(
-                d,
-                &self.value(node.inputs[0]),
-                has_gradient,
-                node.epilogue,
-            ),
+            Op::Dense(d) => {
+                dense::scratch(d, &self.value(node.inputs[0]), has_gradient, node.epilogue)
+            }
             _ => Vec::new(),
         };
         let name = node.name.clone();

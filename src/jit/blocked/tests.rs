@@ -379,3 +379,36 @@ fn random_nests_are_bitwise_the_plain_translation_and_the_interpreter() {
         );
     }
 }
+
+#[test]
+fn exp_and_ln_in_the_epilogue_are_bitwise_the_plain_translation() {
+    // sigmoid(acc) and ln(|acc| + 1): computed on f32x4 lanes (math.rs emits the same
+    // instructions for f32 and f32x4), so each lane must equal the scalar code bit for bit.
+    let one = || Box::new(Expr::Const(1.0));
+    let sigmoid = Expr::Binary(
+        BinOp::Div,
+        one(),
+        Box::new(Expr::Binary(
+            BinOp::Add,
+            one(),
+            Box::new(Expr::Unary(
+                UnOp::Exp,
+                Box::new(Expr::Unary(UnOp::Neg, acc())),
+            )),
+        )),
+    );
+    let log = Expr::Unary(
+        UnOp::Ln,
+        Box::new(Expr::Binary(
+            BinOp::Add,
+            Box::new(Expr::Unary(UnOp::Abs, acc())),
+            one(),
+        )),
+    );
+    for epilogue in [sigmoid, log] {
+        let kernel = kernel(3, 1, vec![matmul(Expr::Const(0.5), epilogue, o())]);
+        let bufs = random_buffers(&mut Rng(7), &[15, 40, 24, 1]);
+        let (blocked, plain) = both_ways(&kernel, &bufs, 1);
+        assert_eq!(bits(&blocked), bits(&plain));
+    }
+}
