@@ -389,16 +389,16 @@ mod tests {
     fn check_sharing_changes_nothing(graph: &Graph, batch: usize) {
         let config = graph.train.clone().unwrap_or_default();
         let values = initialize(graph, Init::PyTorch, 5);
-        let build = |memory| {
-            let mut engine = Engine::with_memory(graph, batch, config.loss, 2, memory).unwrap();
-            engine.set_params(&values).unwrap();
-            engine
-        };
-        let (mut planned, mut unshared) = (build(Memory::Planned), build(Memory::Unshared));
-        let layout = memory::layout(&planned.plan, &[planned.output]);
-        for b in (0..layout.shared.len()).filter(|&b| layout.shared[b]) {
-            planned.bufs.get_mut(BufId(b as u32)).fill(f32::NAN);
-        }
+        // One compiled engine, run over both tables (compiling twice would double the cost).
+        let mut engine = Engine::new(graph, batch, config.loss, 2).unwrap();
+        let layout = memory::layout(&engine.plan, &[engine.output]);
+        assert_eq!(
+            engine.buffer_bytes(),
+            layout.bytes(),
+            "the engine's table is planned"
+        );
+        assert!(engine.buffer_bytes() <= engine.unshared_buffer_bytes());
+        let lens = engine.bufs.lens();
         let input: Vec<f32> = (0..batch * graph.input().shape.numel())
             .map(|i| ((i * 7919) % 255) as f32 / 255.0 - 0.5)
             .collect();
@@ -409,39 +409,45 @@ mod tests {
             Loss::CrossEntropy => Truth::Classes(&classes),
             Loss::Mse => Truth::Targets(&targets),
         };
-        let mut results = Vec::new();
-        for engine in [&mut planned, &mut unshared] {
+        let mut runs = Vec::new();
+        for shared in [true, false] {
+            engine.bufs = match shared {
+                true => Buffers::with_layout(&layout),
+                false => Buffers::new(&lens),
+            };
+            engine.set_params(&values).unwrap();
+            for b in (0..lens.len()).filter(|&b| shared && layout.shared[b]) {
+                engine.bufs.get_mut(BufId(b as u32)).fill(f32::NAN);
+            }
             let mut optimizer = Optimizer::new(&config.optimizer, &graph.params);
             let mut rng = rng(1, Stream::Init);
             let mut losses = Vec::new();
             for _ in 0..2 {
-                losses.push(
-                    engine
-                        .train_step(&input, truth, &mut rng)
-                        .unwrap()
-                        .to_bits(),
-                );
+                let loss = engine.train_step(&input, truth, &mut rng).unwrap();
+                losses.push(loss.to_bits());
                 engine.update(&mut optimizer);
             }
             engine.infer(&input).unwrap();
-            results.push(losses);
+            // Every buffer the planner keeps apart: output, parameters, gradients, loss, ...
+            let kept: Vec<(String, Vec<u32>)> = (0..lens.len())
+                .filter(|&b| !layout.shared[b])
+                .map(|b| {
+                    let values = engine.bufs.get(BufId(b as u32));
+                    let name = engine.plan.buffers[b].name.clone();
+                    (name, values.iter().map(|v| v.to_bits()).collect())
+                })
+                .collect();
+            runs.push((losses, kept));
         }
-        assert_eq!(results[0], results[1], "{}: losses", graph.name);
-        let bits = |engine: &Engine, b: usize| -> Vec<u32> {
-            let values = engine.bufs.get(BufId(b as u32));
-            values.iter().map(|v| v.to_bits()).collect()
-        };
-        for (b, decl) in planned.plan.buffers.iter().enumerate() {
-            if !layout.shared[b] {
-                assert!(
-                    bits(&planned, b) == bits(&unshared, b),
-                    "{}: buffer `{}` differs with shared memory",
-                    graph.name,
-                    decl.name
-                );
-            }
+        assert_eq!(runs[0].0, runs[1].0, "{}: losses", graph.name);
+        for (planned, unshared) in runs[0].1.iter().zip(&runs[1].1) {
+            assert!(
+                planned == unshared,
+                "{}: buffer `{}` differs with shared memory",
+                graph.name,
+                planned.0
+            );
         }
-        assert!(planned.buffer_bytes() <= planned.unshared_buffer_bytes());
     }
 
     #[test]
