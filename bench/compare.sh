@@ -134,7 +134,8 @@ record() {
 
 cpu="$(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //')"
 echo "== $(date -u '+%Y-%m-%d %H:%M UTC')  $(uname -n)  nproc $(nproc)  $cpu  threads=$threads"
-echo "== uptime:$(uptime | sed 's/.*load average/ load average/')"
+load_before="$(uptime | sed 's/.*load average: //')"
+echo "== uptime: load average $load_before"
 
 if $build; then
     echo "== cargo build --release"
@@ -223,8 +224,7 @@ line() {
 
 echo
 echo "LeNet (models/lenet.cnn, d2l recipe), $threads threads, $(date -u '+%Y-%m-%d %H:%M UTC')"
-echo "Machine: $cpu, nproc $(nproc), load average before the run:" \
-    "$(uptime | sed 's/.*load average: //')"
+echo "Machine: $cpu, nproc $(nproc), load average (1, 5, 15 min) before the run: $load_before"
 echo
 row "framework" "train img/s b256" "train img/s b64" "infer ms b1" "infer ms b256" "compile s"
 row "---" "---" "---" "---" "---" "---"
@@ -246,6 +246,7 @@ if [[ "$peak" != "-" ]]; then
 fi
 echo "cnnc: 'cnnc bench' (steady-state step on one fixed batch); peers: median epoch of real data."
 echo "Load average after the run: $(uptime | sed 's/.*load average: //')"
+echo "Figures taken while other programs ran are lower than the machine's: check the load."
 for note in "${notes[@]}"; do echo "$note"; done
 echo
 echo "Commands:"
