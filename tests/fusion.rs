@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use cnnc::ir::{Graph, Loss};
-use cnnc::runtime::engine::{Engine, Fusion, Truth};
+use cnnc::runtime::engine::{Engine, Fusion, Memory, Truth};
 use cnnc::runtime::init::initialize;
 use cnnc::span::SourceMap;
 use rand::rngs::ChaCha8Rng;
@@ -53,8 +53,15 @@ fn same_step_fused_and_unfused(file: &str, batch: usize) {
     let classes = graph.output_shape().numel() as u32;
     let labels: Vec<u32> = (0..batch as u32).map(|i| (i * 7) % classes).collect();
     let step = |fusion| {
-        let mut engine = Engine::with_fusion(&graph, batch, Loss::CrossEntropy, THREADS, fusion)
-            .expect("compiles");
+        let mut engine = Engine::with_options(
+            &graph,
+            batch,
+            Loss::CrossEntropy,
+            THREADS,
+            fusion,
+            Memory::Planned,
+        )
+        .expect("compiles");
         engine.set_params(&params).expect("parameters fit");
         let inferred = engine.infer(&input).expect("inference runs").to_vec();
         let mut rng = ChaCha8Rng::seed_from_u64(5);

@@ -6,9 +6,11 @@
 //! `ir::params` (conv and dense products only), where a training step counts 3 × the forward
 //! multiply-adds (forward, input gradient, weight gradient, as is customary); the fraction of
 //! the machine's peak; the JIT compile time of every kernel (forward and backward); and the
-//! peak memory, which is every engine buffer (activations, gradients, parameters) plus the
-//! optimiser's state, all allocated once. `--layers` times each kernel of the plan alone with
-//! `Compiled::run`, grouped by layer. `--no-fuse` lowers the graph without the fusion passes.
+//! peak memory, which is the engine's workspace (activations, gradients, parameters, with
+//! activations and gradients sharing memory as `lower::memory` plans) plus the optimiser's
+//! state, all allocated once, beside what it would be without sharing. `--layers` times each
+//! kernel of the plan alone with `Compiled::run`, grouped by layer. `--no-fuse` lowers the
+//! graph without the fusion passes.
 
 use std::path::Path;
 use std::time::Instant;
@@ -22,7 +24,7 @@ use super::{Failure, Format};
 use crate::ir::{params, Graph, Loss, Op, TrainConfig};
 use crate::jit::{Buffers, Compiled};
 use crate::lower::step::{plan, BufferRole, Plan};
-use crate::runtime::engine::{Engine, EngineError, Fusion, Truth};
+use crate::runtime::engine::{Engine, EngineError, Fusion, Memory, Truth};
 use crate::runtime::init::initialize;
 use crate::runtime::optim::{Optimizer, OptimizerState};
 
@@ -112,8 +114,15 @@ pub fn run(args: &Args, sources: &mut crate::span::SourceMap) -> Result<String, 
     let loss = loss_of(&graph);
     let runtime = |e: EngineError| Failure::Runtime(e.to_string());
 
-    let mut engine =
-        Engine::with_fusion(&graph, args.batch, loss, threads, args.fusion).map_err(runtime)?;
+    let mut engine = Engine::with_options(
+        &graph,
+        args.batch,
+        loss,
+        threads,
+        args.fusion,
+        Memory::Planned,
+    )
+    .map_err(runtime)?;
     let values = initialize(&graph, config.init, config.seed);
     engine.set_params(&values).map_err(runtime)?;
     let input = sample_input(&graph, args.batch);
@@ -143,6 +152,7 @@ pub fn run(args: &Args, sources: &mut crate::span::SourceMap) -> Result<String, 
     let infer_gflops = 2.0 * macs * batch / infer_seconds / 1e9;
     let train_gflops = 3.0 * 2.0 * macs * batch / train_seconds / 1e9;
     let buffer_bytes = engine.buffer_bytes();
+    let unshared_buffer_bytes = engine.unshared_buffer_bytes();
     let optimizer_bytes = state_bytes(optimizer.state());
     let figures = Figures {
         network: &graph.name,
@@ -156,6 +166,7 @@ pub fn run(args: &Args, sources: &mut crate::span::SourceMap) -> Result<String, 
         train_gflops,
         peak_gflops: args.peak_gflops,
         buffer_bytes,
+        unshared_buffer_bytes,
         optimizer_bytes,
         macs_per_image: macs as u64,
     };
@@ -201,7 +212,9 @@ struct Figures<'a> {
     infer_gflops: f64,
     train_gflops: f64,
     peak_gflops: f64,
+    /// The workspace, planned; and what it would be if no buffers shared memory.
     buffer_bytes: usize,
+    unshared_buffer_bytes: usize,
     optimizer_bytes: usize,
     macs_per_image: u64,
 }
@@ -242,10 +255,12 @@ impl Figures<'_> {
         out += &format!(
             "\nGFLOP/s count 2 flops per multiply-add ({} per image); a training step counts 3x the \
              forward's; peak {} GFLOP/s\n\
-             peak memory: {:.2} MiB (engine buffers {:.2} MiB + optimiser state {:.2} MiB)\n",
+             peak memory: {:.2} MiB (planned; {:.2} MiB without sharing): workspace {:.2} MiB + \
+             optimiser state {:.2} MiB\n",
             self.macs_per_image,
             self.peak_gflops,
             mib(self.buffer_bytes + self.optimizer_bytes),
+            mib(self.unshared_buffer_bytes + self.optimizer_bytes),
             mib(self.buffer_bytes),
             mib(self.optimizer_bytes),
         );
@@ -275,6 +290,8 @@ impl Figures<'_> {
             },
             "peak_bytes": self.buffer_bytes + self.optimizer_bytes,
             "buffer_bytes": self.buffer_bytes,
+            "peak_bytes_unshared": self.unshared_buffer_bytes + self.optimizer_bytes,
+            "buffer_bytes_unshared": self.unshared_buffer_bytes,
             "optimizer_bytes": self.optimizer_bytes,
         });
         if let Some(layers) = layers {

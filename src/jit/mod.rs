@@ -43,6 +43,7 @@ use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, Module};
 
 use crate::lower::loops::{BufId, Kernel};
+use crate::lower::memory::{self, Layout, Region};
 use pieces::Piece;
 
 /// Why a kernel cannot be compiled or run. Every variant names the kernel or buffer at fault.
@@ -103,39 +104,142 @@ impl fmt::Display for JitError {
 
 impl std::error::Error for JitError {}
 
-/// The `f32` buffers a plan's kernels read and write: one allocation per [`BufId`].
-#[derive(Clone, Debug, Default, PartialEq)]
+/// The `f32` buffers a plan's kernels read and write: views into one arena allocated once,
+/// laid out by a [`Layout`] (buffers whose live ranges never overlap may share memory; see
+/// `lower::memory`). Each view is accessed through `get`/`get_mut`, which borrow the whole
+/// table, so no two `&mut` slices ever exist at once; `disjoint_mut` hands out several, and
+/// checks that they do not overlap.
+#[derive(Debug, Default)]
 pub struct Buffers {
-    data: Vec<Vec<f32>>,
+    arena: Vec<f32>,
+    /// Index in `arena` of the first element of the 64-byte-aligned workspace.
+    start: usize,
+    /// Length of the workspace in `f32`s (`arena` has up to a cache line more).
+    workspace_len: usize,
+    regions: Vec<Region>,
+    /// Base pointers handed to generated code, refreshed from `arena` by each `run`; never
+    /// dereferenced in Rust.
+    table: Vec<*mut f32>,
 }
 
+// SAFETY: `table` is scratch memory holding addresses into `arena`, rewritten before every use
+// under `&mut Buffers`; the type otherwise owns plain `f32`s.
+unsafe impl Send for Buffers {}
+// SAFETY: `&Buffers` only reads `arena` and `regions`; `table` is touched only through `&mut`.
+unsafe impl Sync for Buffers {}
+
 impl Buffers {
-    /// Zero-filled buffers of the given lengths.
+    /// Zero-filled buffers of the given lengths, each in its own memory.
     pub fn new(lens: &[usize]) -> Buffers {
+        Buffers::with_layout(&Layout::unshared(lens))
+    }
+
+    /// Zero-filled buffers placed as `layout` says.
+    pub fn with_layout(layout: &Layout) -> Buffers {
+        // Up to one cache line of slack, so that the workspace can start on a 64-byte boundary.
+        let mut arena = vec![0.0f32; layout.arena_len + memory::ALIGN - 1];
+        let start = match arena.as_mut_ptr().align_offset(memory::ALIGN * 4) {
+            offset if offset < memory::ALIGN => offset,
+            _ => 0,
+        };
+        assert!(
+            layout
+                .regions
+                .iter()
+                .all(|r| r.offset + r.len <= layout.arena_len),
+            "a layout's regions lie inside its arena"
+        );
         Buffers {
-            data: lens.iter().map(|&len| vec![0.0; len]).collect(),
+            arena,
+            start,
+            workspace_len: layout.arena_len,
+            regions: layout.regions.clone(),
+            table: vec![std::ptr::null_mut(); layout.regions.len()],
         }
+    }
+
+    fn range(&self, b: BufId) -> std::ops::Range<usize> {
+        let region = self.regions[b.0 as usize];
+        let first = self.start + region.offset;
+        first..first + region.len
     }
 
     /// Buffer `b`. Panics if `b` is not in the table (a `BufId` comes from the plan, never from
     /// user input).
     pub fn get(&self, b: BufId) -> &[f32] {
-        &self.data[b.0 as usize]
+        &self.arena[self.range(b)]
     }
 
     /// Buffer `b`, writable; its length is fixed. Panics as [`Buffers::get`].
     pub fn get_mut(&mut self, b: BufId) -> &mut [f32] {
-        &mut self.data[b.0 as usize]
+        let range = self.range(b);
+        &mut self.arena[range]
     }
 
     pub fn lens(&self) -> Vec<usize> {
-        self.data.iter().map(Vec::len).collect()
+        self.regions.iter().map(|r| r.len).collect()
     }
 
-    /// Every buffer, writable, in `BufId` order (for updates that touch many at once, such as
-    /// an optimiser step over parameters and their gradients).
-    pub fn all_mut(&mut self) -> Vec<&mut [f32]> {
-        self.data.iter_mut().map(Vec::as_mut_slice).collect()
+    /// Bytes of the workspace: every buffer, shared memory counted once.
+    pub fn bytes(&self) -> usize {
+        self.workspace_len * std::mem::size_of::<f32>()
+    }
+
+    /// Buffers `ids`, writable at once, in the order given (for updates that touch many, such
+    /// as an optimiser step over parameters and their gradients). Panics if two of them share
+    /// memory (only buffers the runtime owns, never shared ones, are asked for).
+    pub fn disjoint_mut(&mut self, ids: &[BufId]) -> Vec<&mut [f32]> {
+        let mut order: Vec<usize> = (0..ids.len()).collect();
+        order.sort_by_key(|&i| self.range(ids[i]).start);
+        let mut slots: Vec<Option<&mut [f32]>> = (0..ids.len()).map(|_| None).collect();
+        let mut rest: &mut [f32] = &mut self.arena;
+        let mut consumed = 0;
+        for i in order {
+            let range = self.regions[ids[i].0 as usize];
+            let first = self.start + range.offset;
+            assert!(first >= consumed, "buffers {ids:?} overlap");
+            let (_, tail) = std::mem::take(&mut rest).split_at_mut(first - consumed);
+            let (view, tail) = tail.split_at_mut(range.len);
+            slots[i] = Some(view);
+            rest = tail;
+            consumed = first + range.len;
+        }
+        slots.into_iter().flatten().collect()
+    }
+
+    /// The table of base pointers generated code reads, one per `BufId`, freshly derived from
+    /// the arena.
+    fn pointer_table(&mut self) -> *const *mut f32 {
+        let base = self.arena.as_mut_ptr();
+        for (slot, region) in self.table.iter_mut().zip(&self.regions) {
+            // In bounds: `with_layout` checked every region against the arena.
+            *slot = base.wrapping_add(self.start + region.offset);
+        }
+        self.table.as_ptr()
+    }
+}
+
+impl Clone for Buffers {
+    /// A copy with its own arena (aligned afresh) and the same layout and contents.
+    fn clone(&self) -> Buffers {
+        let arena_len = self.workspace_len;
+        let layout = Layout {
+            regions: self.regions.clone(),
+            shared: Vec::new(),
+            arena_len,
+        };
+        let mut copy = Buffers::with_layout(&layout);
+        let (from, to) = (self.start, copy.start);
+        copy.arena[to..to + arena_len].copy_from_slice(&self.arena[from..from + arena_len]);
+        copy
+    }
+}
+
+impl PartialEq for Buffers {
+    /// Equal when every buffer has the same contents, wherever the layouts put them.
+    fn eq(&self, other: &Buffers) -> bool {
+        self.regions.len() == other.regions.len()
+            && (0..self.regions.len() as u32).all(|b| self.get(BufId(b)) == other.get(BufId(b)))
     }
 }
 
@@ -255,12 +359,13 @@ impl Compiled {
             count: self.kernels.len(),
         })?;
         self.check_lens(bufs)?;
-        let table: Vec<*mut f32> = bufs.data.iter_mut().map(|buf| buf.as_mut_ptr()).collect();
-        let table = Table(table.as_ptr());
+        let table = Table(bufs.pointer_table());
         for piece in pieces {
             match piece.parallel_extent {
                 // SAFETY: the table holds one live buffer per BufId with the lengths the code
                 // was checked against (`check_lens`), and `&mut Buffers` excludes other users.
+                // Buffers sharing memory are never both used by one kernel (`lower::memory`),
+                // so the kernel's distinct buffers are distinct memory.
                 None => unsafe { (piece.entry)(table.0, 0, 0) },
                 Some(extent) => run_split(piece.entry, table, extent, threads.max(1)),
             }
@@ -273,10 +378,10 @@ impl Compiled {
     }
 
     fn check_lens(&self, bufs: &Buffers) -> Result<(), JitError> {
-        let count = self.buffer_lens.len().max(bufs.data.len());
+        let count = self.buffer_lens.len().max(bufs.regions.len());
         for buffer in 0..count {
             let expected = self.buffer_lens.get(buffer).copied();
-            let found = bufs.data.get(buffer).map(Vec::len);
+            let found = bufs.regions.get(buffer).map(|r| r.len);
             if expected != found {
                 return Err(JitError::BufferLength {
                     buffer,

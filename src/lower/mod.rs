@@ -11,6 +11,7 @@ pub mod interp;
 pub mod join;
 pub mod loops;
 pub mod loss;
+pub mod memory;
 pub mod norm;
 pub mod pool;
 pub mod print;

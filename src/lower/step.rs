@@ -4,8 +4,8 @@
 //! Buffers hold `f32`s, activations batch-first (`[N, C, *S]`, NCHW). Flatten and identity
 //! alias their input's value and gradient buffers, so they have no kernel. Every gradient
 //! of a node is *accumulated* by its consumers (a node feeding a `concat` and a residual
-//! `add` gets the sum), so the backward pass starts by zeroing the gradient buffers, except
-//! the output's, which the loss kernel stores. Only nodes with a trainable parameter at or
+//! `add` gets the sum), so the backward pass zeroes each gradient buffer before its first
+//! use, except the output's, which the loss kernel stores. Only nodes with a trainable parameter at or
 //! before them get a gradient (never the input, nor a pooling of it), so kernels that would
 //! compute any other gradient are left out. Parameter gradients are stored whole by the one
 //! kernel of their layer.
@@ -23,7 +23,7 @@
 use super::builder::{cst, ix, KernelBuilder, Scratch, Tensor};
 use super::loops::{BufId, Kernel};
 use super::loss::LossTensors;
-use super::{activation, conv, dense, dropout, join, loss, norm, pool};
+use super::{activation, conv, dense, dropout, join, loss, memory, norm, pool};
 use crate::ir::{BatchNorm, Graph, Loss, Node, NodeId, Op, ParamId};
 
 /// What a buffer of the plan holds.
@@ -73,7 +73,8 @@ pub struct Plan {
     pub train_forward: Vec<usize>,
     /// Per-sample loss and the gradient of the output.
     pub loss: usize,
-    /// Gradient zeroing, then each node's gradients in reverse node order.
+    /// Each node's gradients in reverse node order, each gradient buffer zeroed just before
+    /// its first use.
     pub backward: Vec<usize>,
     /// The buffer of each node's value, by node index (aliases share).
     values: Vec<BufId>,
@@ -147,6 +148,9 @@ pub fn plan(graph: &Graph, batch: usize, loss: Loss) -> Plan {
             backward.push(push(k));
         }
     }
+    // Each gradient is zeroed just before its first use, so that its memory can serve others
+    // until then (`memory`).
+    let backward = memory::sink_initialisers(&kernels, &backward);
     Plan {
         batch,
         buffers: table.decls,

@@ -1,5 +1,8 @@
 //! A network compiled for one batch size: the plan's kernels JIT-compiled, every buffer
-//! allocated once, and the operations the commands and the training loop need.
+//! allocated once in one workspace whose activations and gradients share memory where their
+//! live ranges allow (`lower::memory`), and the operations the commands and the training loop
+//! need. The engine itself touches only persistent buffers (input, labels or target, masks,
+//! parameters and their gradients, loss, output), which the memory plan never shares.
 //!
 //! The engine holds the parameters while it runs (in the plan's `Param` buffers); the training
 //! loop hands them between engines of different batch sizes (an epoch's last, partial batch)
@@ -15,6 +18,7 @@ use rand::RngExt;
 use crate::ir::{Graph, Loss, NodeId, Op, ParamId};
 use crate::jit::{Buffers, Compiled, JitError};
 use crate::lower::loops::BufId;
+use crate::lower::memory::{self, Layout};
 use crate::lower::step::{plan, BufferRole, Plan};
 use crate::runtime::optim::Optimizer;
 
@@ -82,6 +86,8 @@ pub struct Engine {
     /// `Param` and `ParamGrad` buffer of each parameter, `Graph::params` order.
     params: Vec<(BufId, Option<BufId>)>,
     names: Vec<String>,
+    /// Bytes the buffers would take if none shared memory.
+    unshared_bytes: usize,
     input: BufId,
     output: BufId,
     loss: BufId,
@@ -97,16 +103,18 @@ impl Engine {
         loss: Loss,
         threads: usize,
     ) -> Result<Engine, EngineError> {
-        Engine::with_fusion(graph, batch, loss, threads, Fusion::On)
+        Engine::with_options(graph, batch, loss, threads, Fusion::On, Memory::Planned)
     }
 
-    /// [`Engine::new`], with the fusion passes on or off.
-    pub fn with_fusion(
+    /// [`Engine::new`] with the fusion passes on or off, and the buffers' memory shared as
+    /// planned or each buffer apart (to measure what each one brings).
+    pub fn with_options(
         graph: &Graph,
         batch: usize,
         loss: Loss,
         threads: usize,
         fusion: Fusion,
+        sharing: Memory,
     ) -> Result<Engine, EngineError> {
         let fused;
         let graph = match fusion {
@@ -143,15 +151,22 @@ impl Engine {
             Loss::CrossEntropy => role(BufferRole::Labels),
             Loss::Mse => role(BufferRole::Target),
         };
+        let output = role(BufferRole::Value(graph.output));
+        let unshared = Layout::unshared(&lens);
+        let layout = match sharing {
+            Memory::Planned => memory::layout(&plan, &[output]),
+            Memory::Unshared => unshared.clone(),
+        };
         Ok(Engine {
             input: role(BufferRole::Input),
-            output: role(BufferRole::Value(graph.output)),
+            output,
             loss: role(BufferRole::Loss),
             truth,
             dropouts,
             params,
             names: graph.params.iter().map(|p| p.name.clone()).collect(),
-            bufs: Buffers::new(&lens),
+            bufs: Buffers::with_layout(&layout),
+            unshared_bytes: unshared.bytes(),
             plan,
             compiled,
             threads: threads.max(1),
@@ -166,9 +181,15 @@ impl Engine {
         self.compiled.compile_seconds()
     }
 
-    /// Bytes of all buffers (activations, gradients, parameters, optimiser-free).
+    /// Bytes of the workspace: every buffer (activations, gradients, parameters; no optimiser
+    /// state), memory shared between buffers counted once.
     pub fn buffer_bytes(&self) -> usize {
-        self.bufs.lens().iter().sum::<usize>() * std::mem::size_of::<f32>()
+        self.bufs.bytes()
+    }
+
+    /// What [`Engine::buffer_bytes`] would be if no two buffers shared memory.
+    pub fn unshared_buffer_bytes(&self) -> usize {
+        self.unshared_bytes
     }
 
     /// Copies parameter values in, `Graph::params` order; every length is checked.
@@ -254,23 +275,20 @@ impl Engine {
 
     /// One optimiser step on the gradients of the last [`Engine::train_step`].
     pub fn update(&mut self, optimizer: &mut Optimizer) {
-        let mut slots: Vec<Option<&mut [f32]>> =
-            self.bufs.all_mut().into_iter().map(Some).collect();
-        let mut params = Vec::new();
-        let mut grads = Vec::new();
-        for &(p, g) in &self.params {
-            let param = slots[p.0 as usize]
-                .take()
-                .expect("parameters have distinct buffers");
-            let grad: &[f32] = match g {
-                Some(g) => slots[g.0 as usize]
-                    .take()
-                    .expect("gradients have distinct buffers"),
+        // Parameters, then the gradients that exist; all persistent, so never overlapping.
+        let ids: Vec<BufId> = (self.params.iter().map(|&(p, _)| p))
+            .chain(self.params.iter().filter_map(|&(_, g)| g))
+            .collect();
+        let mut views = self.bufs.disjoint_mut(&ids).into_iter();
+        let mut params: Vec<&mut [f32]> = views.by_ref().take(self.params.len()).collect();
+        let grads: Vec<&[f32]> = self
+            .params
+            .iter()
+            .map(|&(_, g)| match g {
+                Some(_) => &*views.next().expect("one view per gradient"),
                 None => &[],
-            };
-            params.push(param);
-            grads.push(grad);
-        }
+            })
+            .collect();
         optimizer.step(&mut params, &grads);
     }
 
@@ -304,6 +322,14 @@ impl Engine {
         dst.copy_from_slice(values);
         Ok(())
     }
+}
+
+/// Whether buffers share memory: `Planned` by liveness (`lower::memory`), or `Unshared`, every
+/// buffer apart (to check that sharing changes nothing, and to measure what it saves).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Memory {
+    Planned,
+    Unshared,
 }
 
 #[derive(Clone, Copy)]
@@ -373,6 +399,129 @@ mod tests {
                     p.name
                 );
             }
+        }
+    }
+
+    /// Two training steps with an update between and after, then an inference, on `graph` at
+    /// `batch`: once with planned memory whose shared buffers start as NaN (so a kernel reading
+    /// memory another buffer left behind would show), once with every buffer apart. Losses and
+    /// every buffer the planner keeps apart (output, parameters, gradients, ...) must be
+    /// bitwise equal.
+    fn check_sharing_changes_nothing(graph: &Graph, batch: usize) {
+        let config = graph.train.clone().unwrap_or_default();
+        let values = initialize(graph, Init::PyTorch, 5);
+        // One compiled engine, run over both tables (compiling twice would double the cost).
+        let mut engine = Engine::new(graph, batch, config.loss, 2).unwrap();
+        let layout = memory::layout(&engine.plan, &[engine.output]);
+        assert_eq!(
+            engine.buffer_bytes(),
+            layout.bytes(),
+            "the engine's table is planned"
+        );
+        assert!(engine.buffer_bytes() <= engine.unshared_buffer_bytes());
+        let lens = engine.bufs.lens();
+        let input: Vec<f32> = (0..batch * graph.input().shape.numel())
+            .map(|i| ((i * 7919) % 255) as f32 / 255.0 - 0.5)
+            .collect();
+        let outputs = graph.node(graph.output).shape.numel();
+        let classes: Vec<u32> = (0..batch as u32).map(|i| i % outputs as u32).collect();
+        let targets: Vec<f32> = (0..batch * outputs).map(|i| (i % 3) as f32 - 1.0).collect();
+        let truth = match config.loss {
+            Loss::CrossEntropy => Truth::Classes(&classes),
+            Loss::Mse => Truth::Targets(&targets),
+        };
+        let mut runs = Vec::new();
+        for shared in [true, false] {
+            engine.bufs = match shared {
+                true => Buffers::with_layout(&layout),
+                false => Buffers::new(&lens),
+            };
+            engine.set_params(&values).unwrap();
+            for b in (0..lens.len()).filter(|&b| shared && layout.shared[b]) {
+                engine.bufs.get_mut(BufId(b as u32)).fill(f32::NAN);
+            }
+            let mut optimizer = Optimizer::new(&config.optimizer, &graph.params);
+            let mut rng = rng(1, Stream::Init);
+            let mut losses = Vec::new();
+            for _ in 0..2 {
+                let loss = engine.train_step(&input, truth, &mut rng).unwrap();
+                losses.push(loss.to_bits());
+                engine.update(&mut optimizer);
+            }
+            engine.infer(&input).unwrap();
+            // Every buffer the planner keeps apart: output, parameters, gradients, loss, ...
+            let kept: Vec<(String, Vec<u32>)> = (0..lens.len())
+                .filter(|&b| !layout.shared[b])
+                .map(|b| {
+                    let values = engine.bufs.get(BufId(b as u32));
+                    let name = engine.plan.buffers[b].name.clone();
+                    (name, values.iter().map(|v| v.to_bits()).collect())
+                })
+                .collect();
+            runs.push((losses, kept));
+        }
+        assert_eq!(runs[0].0, runs[1].0, "{}: losses", graph.name);
+        for (planned, unshared) in runs[0].1.iter().zip(&runs[1].1) {
+            assert!(
+                planned == unshared,
+                "{}: buffer `{}` differs with shared memory",
+                graph.name,
+                planned.0
+            );
+        }
+    }
+
+    #[test]
+    fn shared_memory_changes_nothing_on_every_model() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "cnn"))
+            .collect();
+        files.sort();
+        assert!(files.len() >= 10, "models/ has its networks");
+        for file in files {
+            for graph in crate::load_file(&file, &mut SourceMap::default()).unwrap() {
+                check_sharing_changes_nothing(&graph, 2);
+            }
+        }
+    }
+
+    /// Small random sequential networks: convs, pools, activations, batchnorm and dropout in
+    /// random order and sizes, then a dense head.
+    #[test]
+    fn shared_memory_changes_nothing_on_random_small_nets() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut below = |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        for _ in 0..12 {
+            let (channels, size) = (1 + below(3), 6 + below(5));
+            let mut text = format!("network random {{ input [{channels}, {size}, {size}]\n");
+            let mut spatial = size;
+            for _ in 0..3 + below(5) {
+                let layer = match below(7) {
+                    0 | 1 => format!("conv {} kernel=3 padding=1", 1 + below(4)),
+                    2 if spatial >= 4 => {
+                        spatial /= 2;
+                        ["maxpool kernel=2", "avgpool kernel=2"][below(2) as usize].into()
+                    }
+                    3 => "batchnorm".into(),
+                    4 => "dropout 0.3".into(),
+                    _ => ["relu", "sigmoid", "tanh"][below(3) as usize].into(),
+                };
+                text.push_str(&layer);
+                text.push('\n');
+            }
+            text.push_str("flatten; dense 5; relu; dense 3 }");
+            let graph = crate::load_str("random.cnn", &text, &mut SourceMap::default())
+                .unwrap_or_else(|e| panic!("{text}: {e:?}"))
+                .remove(0);
+            check_sharing_changes_nothing(&graph, 1 + below(3) as usize);
         }
     }
 }

@@ -9,7 +9,7 @@ use super::super::translate::{float_cc, Translator};
 use super::super::vector::{lane_bitcast_flags, vector_flags};
 use super::emit::{Frame, Site, LANES};
 use super::{coefficients, cond_depends_on, depends_on, Contraction};
-use crate::lower::loops::{Cond, Expr, Index, UnOp, Var};
+use crate::lower::loops::{Cond, Expr, Index, Var};
 
 impl Translator<'_> {
     /// The `i64` value of `index` at row `u` and lane `lane` of the block.
