@@ -78,7 +78,8 @@ pub(super) struct Frame {
     /// `base + 4·Σ coeff·var` without the reduction variables' terms, by buffer and those
     /// terms; computed before the reduction loops, so they dominate the whole block.
     bases: HashMap<AddressKey, Value>,
-    /// The same with the reduction terms, for the current reduction step.
+    /// The same with the reduction terms, at the current reduction step: pointers stepped by
+    /// each reduction loop (strength-reduced: `imul` has one port and was the limit).
     steps: HashMap<AddressKey, Value>,
 }
 
@@ -107,8 +108,10 @@ impl Translator<'_> {
                 let var = self.vars[rows.var.0 as usize];
                 self.builder.def_var(var, start);
                 let full = rows_per_block(nest.lanes.extent as i64);
-                // Full blocks of rows, then the remaining rows one at a time.
-                let steps = if full > 1 { vec![full, 1] } else { vec![1] };
+                // Full blocks of rows, then the rest in halving blocks (5 remaining rows of 8
+                // run as 4 + 1, not as 5 single rows, each a lone FMA chain per lane group).
+                let steps: Vec<i64> =
+                    std::iter::successors(Some(full), |&s| (s > 1).then_some(s / 2)).collect();
                 for step in steps {
                     let (body, exit) = self.begin_loop(var, step, end);
                     let first_row = self.builder.use_var(var);
@@ -190,16 +193,31 @@ impl Translator<'_> {
             .collect();
 
         if nest.reductions.iter().all(|r| r.extent > 0) {
+            let stepped = self.stepped_accesses(nest, &frame);
+            let mut pointers: Vec<Value> = stepped.iter().map(|(_, base)| *base).collect();
             let mut loops = Vec::with_capacity(nest.reductions.len());
             for r in &nest.reductions {
                 let var = self.vars[r.var.0 as usize];
                 let zero = self.builder.ins().iconst(types::I64, 0);
                 self.builder.def_var(var, zero);
+                let slots: Vec<Variable> = pointers
+                    .iter()
+                    .map(|&pointer| {
+                        let slot = self.builder.declare_var(types::I64);
+                        self.builder.def_var(slot, pointer);
+                        slot
+                    })
+                    .collect();
                 let end = self.builder.ins().iconst(types::I64, r.extent as i64);
                 let (body, exit) = self.begin_loop(var, 1, end);
-                loops.push((var, end, body, exit));
+                pointers = slots.iter().map(|&slot| self.builder.use_var(slot)).collect();
+                loops.push((r.var, var, slots, end, body, exit));
             }
-            frame.steps.clear();
+            frame.steps = stepped
+                .iter()
+                .map(|(key, _)| key.clone())
+                .zip(pointers.iter().copied())
+                .collect();
             let mut operands: HashMap<(bool, i64, i64), Value> = HashMap::new();
             for (&site, &acc) in sites.iter().zip(&accs) {
                 let a = self.operand(nest, &mut frame, &mut operands, false, site);
@@ -208,7 +226,15 @@ impl Translator<'_> {
                 let sum = self.builder.ins().fma(a, b, sum);
                 self.builder.def_var(acc, sum);
             }
-            for (var, end, body, exit) in loops.into_iter().rev() {
+            for (reduction, var, slots, end, body, exit) in loops.into_iter().rev() {
+                for ((key, _), slot) in stepped.iter().zip(slots) {
+                    let coeff = key.1.iter().find(|(v, _)| *v == reduction).map_or(0, |t| t.1);
+                    if coeff != 0 {
+                        let pointer = self.builder.use_var(slot);
+                        let next = self.builder.ins().iadd_imm_s(pointer, coeff.wrapping_mul(4));
+                        self.builder.def_var(slot, next);
+                    }
+                }
                 self.end_loop(var, 1, end, body, exit);
             }
         }
@@ -318,6 +344,33 @@ impl Translator<'_> {
         }
     }
 
+    /// The operands' accesses that move with a reduction variable, each with its base address
+    /// (the reduction variables at 0): the pointers the reduction loops step.
+    fn stepped_accesses(&mut self, nest: &Contraction, frame: &Frame) -> Vec<(AddressKey, Value)> {
+        let mut stepped: Vec<(AddressKey, Value)> = Vec::new();
+        for expr in [nest.a, nest.b] {
+            super::any_index(expr, &mut |buf, index| {
+                let Some(buf) = buf else { return false };
+                let coeffs = coefficients(index);
+                if !coeffs.keys().any(|v| nest.is_reduction(*v)) {
+                    return false;
+                }
+                let key: AddressKey = (buf, coeffs.iter().map(|(&v, &c)| (v, c)).collect());
+                if stepped.iter().all(|(k, _)| *k != key) {
+                    let outer: Terms = key
+                        .1
+                        .iter()
+                        .copied()
+                        .filter(|(v, _)| !nest.is_reduction(*v))
+                        .collect();
+                    stepped.push((key, frame.bases[&(buf, outer)]));
+                }
+                false
+            });
+        }
+        stepped
+    }
+
     /// A loop variable's value in the block: the first row or lane for those, else its own.
     pub(super) fn var_value(&mut self, frame: &Frame, var: Var) -> Value {
         match frame.row {
@@ -348,7 +401,8 @@ impl Translator<'_> {
         } else {
             let key = (buf, coeffs.iter().map(|(&v, &c)| (v, c)).collect());
             match frame.steps.get(&key) {
-                Some(&address) => address,
+                Some(&pointer) => pointer,
+                // Not an operand (init and epilogue use no reduction variable): computed here.
                 None => {
                     let mut address = base;
                     for (var, coeff) in reduction {
@@ -356,7 +410,6 @@ impl Translator<'_> {
                         let scaled = self.builder.ins().imul_imm_s(value, coeff.wrapping_mul(4));
                         address = self.builder.ins().iadd(address, scaled);
                     }
-                    frame.steps.insert(key, address);
                     address
                 }
             }
