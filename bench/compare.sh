@@ -9,7 +9,8 @@
 #                             on one fixed batch, steady state)
 #              infer ms     = 1000 · B / infer_images_per_second
 #              compile s    = compile_seconds (JIT of every forward and backward kernel, B = 256)
-#            with --full: `cnnc run models/lenet.cnn --threads N --log FILE`, timed here; final
+#            with --full: `cnnc run models/lenet.cnn --data FASHION_MNIST --threads N --log FILE`,
+#            timed here; final
 #            test accuracy = `test_acc` of the log's last line.
 #   PyTorch  lenet_torch.py of ../shared/peers (see its README), `--json FILE`
 #              train img/s  = train.img_per_s_median_excl_first (median epoch of real data,
@@ -166,8 +167,9 @@ peak="$(json "$work/cnnc_256.json" peak_bytes)"
 peak_unshared="$(json "$work/cnnc_256.json" peak_bytes_unshared)"
 if $full; then
     start="$(now)"
-    if record "$cnnc" run "$model" --threads "$threads" --log "$work/cnnc_run.jsonl" \
-        > /dev/null; then
+    # The same data as the peers (the model's own train section says mnist).
+    if record "$cnnc" run "$model" --data "$fashion" --threads "$threads" \
+        --log "$work/cnnc_run.jsonl" > /dev/null; then
         C[wall]="$(since "$start")"
         C[acc]="$(last_log_value "$work/cnnc_run.jsonl" test_acc)"
     fi
