@@ -15,7 +15,7 @@
 use std::collections::BTreeSet;
 
 use super::{disjoint, JitError};
-use crate::lower::loops::{BufId, Cond, Expr, Kernel, Local, Loop, Stmt};
+use crate::lower::loops::{visit_uses, BufId, Kernel, Local, Loop, Stmt, Use};
 
 /// A part of a kernel compiled as one function; see the module doc.
 #[derive(Clone, Copy, Debug)]
@@ -86,10 +86,11 @@ pub(crate) fn check_locals_stay_in_piece(
 /// The buffers `stmts` reads or writes, in order.
 pub(crate) fn used_buffers(stmts: &[Stmt]) -> BTreeSet<BufId> {
     let mut found = BTreeSet::new();
-    visit_stmts(stmts, &mut |item| {
-        if let Item::Buffer(buf) = item {
+    visit_uses(stmts, &mut |item| match item {
+        Use::Load(buf) | Use::Store(buf) | Use::Accumulate(buf) => {
             found.insert(buf);
         }
+        Use::Local(_) => {}
     });
     found
 }
@@ -97,72 +98,10 @@ pub(crate) fn used_buffers(stmts: &[Stmt]) -> BTreeSet<BufId> {
 /// The locals `stmts` reads or writes, in order.
 pub(crate) fn used_locals(stmts: &[Stmt]) -> BTreeSet<Local> {
     let mut found = BTreeSet::new();
-    visit_stmts(stmts, &mut |item| {
-        if let Item::Local(local) = item {
+    visit_uses(stmts, &mut |item| {
+        if let Use::Local(local) = item {
             found.insert(local);
         }
     });
     found
-}
-
-enum Item {
-    Buffer(BufId),
-    Local(Local),
-}
-
-fn visit_stmts(stmts: &[Stmt], visit: &mut impl FnMut(Item)) {
-    for stmt in stmts {
-        match stmt {
-            Stmt::Loop(lp) => visit_stmts(&lp.body, visit),
-            Stmt::If(cond, body) => {
-                visit_cond(cond, visit);
-                visit_stmts(body, visit);
-            }
-            Stmt::Store(buf, _, value) | Stmt::Accumulate(buf, _, value) => {
-                visit(Item::Buffer(*buf));
-                visit_expr(value, visit);
-            }
-            Stmt::Let(local, value) => {
-                visit(Item::Local(*local));
-                visit_expr(value, visit);
-            }
-        }
-    }
-}
-
-fn visit_cond(cond: &Cond, visit: &mut impl FnMut(Item)) {
-    match cond {
-        Cond::InBounds(..) => {}
-        Cond::Cmp(_, a, b) => {
-            visit_expr(a, visit);
-            visit_expr(b, visit);
-        }
-        Cond::And(a, b) => {
-            visit_cond(a, visit);
-            visit_cond(b, visit);
-        }
-    }
-}
-
-fn visit_expr(expr: &Expr, visit: &mut impl FnMut(Item)) {
-    match expr {
-        Expr::Const(_) | Expr::IndexValue(_) => {}
-        Expr::Load(buf, _) => visit(Item::Buffer(*buf)),
-        Expr::Local(local) => visit(Item::Local(*local)),
-        Expr::Unary(_, a) => visit_expr(a, visit),
-        Expr::Binary(_, a, b) => {
-            visit_expr(a, visit);
-            visit_expr(b, visit);
-        }
-        Expr::Fma(a, b, c) => {
-            visit_expr(a, visit);
-            visit_expr(b, visit);
-            visit_expr(c, visit);
-        }
-        Expr::Select(cond, a, b) => {
-            visit_cond(cond, visit);
-            visit_expr(a, visit);
-            visit_expr(b, visit);
-        }
-    }
 }

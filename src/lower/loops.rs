@@ -155,3 +155,77 @@ pub struct Kernel {
     pub locals: u32,
     pub body: Vec<Stmt>,
 }
+
+/// One use of a buffer or local by a statement or expression, as [`visit_uses`] reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Use {
+    Load(BufId),
+    Store(BufId),
+    /// `b[i] += e`: a read and a write of `b`.
+    Accumulate(BufId),
+    /// A `Let` or a read of the local.
+    Local(Local),
+}
+
+/// Calls `visit` for every buffer and local `stmts` use, in program order (a statement's
+/// target before its value).
+pub fn visit_uses(stmts: &[Stmt], visit: &mut impl FnMut(Use)) {
+    for stmt in stmts {
+        match stmt {
+            Stmt::Loop(lp) => visit_uses(&lp.body, visit),
+            Stmt::If(cond, body) => {
+                visit_cond_uses(cond, visit);
+                visit_uses(body, visit);
+            }
+            Stmt::Store(buf, _, value) => {
+                visit(Use::Store(*buf));
+                visit_expr_uses(value, visit);
+            }
+            Stmt::Accumulate(buf, _, value) => {
+                visit(Use::Accumulate(*buf));
+                visit_expr_uses(value, visit);
+            }
+            Stmt::Let(local, value) => {
+                visit(Use::Local(*local));
+                visit_expr_uses(value, visit);
+            }
+        }
+    }
+}
+
+fn visit_cond_uses(cond: &Cond, visit: &mut impl FnMut(Use)) {
+    match cond {
+        Cond::InBounds(..) => {}
+        Cond::Cmp(_, a, b) => {
+            visit_expr_uses(a, visit);
+            visit_expr_uses(b, visit);
+        }
+        Cond::And(a, b) => {
+            visit_cond_uses(a, visit);
+            visit_cond_uses(b, visit);
+        }
+    }
+}
+
+fn visit_expr_uses(expr: &Expr, visit: &mut impl FnMut(Use)) {
+    match expr {
+        Expr::Const(_) | Expr::IndexValue(_) => {}
+        Expr::Load(buf, _) => visit(Use::Load(*buf)),
+        Expr::Local(local) => visit(Use::Local(*local)),
+        Expr::Unary(_, a) => visit_expr_uses(a, visit),
+        Expr::Binary(_, a, b) => {
+            visit_expr_uses(a, visit);
+            visit_expr_uses(b, visit);
+        }
+        Expr::Fma(a, b, c) => {
+            visit_expr_uses(a, visit);
+            visit_expr_uses(b, visit);
+            visit_expr_uses(c, visit);
+        }
+        Expr::Select(cond, a, b) => {
+            visit_cond_uses(cond, visit);
+            visit_expr_uses(a, visit);
+            visit_expr_uses(b, visit);
+        }
+    }
+}

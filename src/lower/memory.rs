@@ -24,7 +24,7 @@
 
 use std::collections::BTreeSet;
 
-use super::loops::{BufId, Cond, Expr, Kernel, Stmt};
+use super::loops::{visit_uses, BufId, Kernel, Use};
 use super::step::{BufferDecl, BufferRole, Plan};
 
 /// Offsets are multiples of this many `f32`s: 64 bytes, one cache line.
@@ -230,69 +230,21 @@ impl Access {
             writes: BTreeSet::new(),
             stores_only: true,
         };
-        access.stmts(&kernel.body);
+        visit_uses(&kernel.body, &mut |item| match item {
+            Use::Load(b) => {
+                access.reads.insert(b);
+            }
+            Use::Store(b) => {
+                access.writes.insert(b);
+            }
+            Use::Accumulate(b) => {
+                access.writes.insert(b);
+                access.reads.insert(b);
+                access.stores_only = false;
+            }
+            Use::Local(_) => {}
+        });
         access
-    }
-
-    fn stmts(&mut self, body: &[Stmt]) {
-        for stmt in body {
-            match stmt {
-                Stmt::Loop(lp) => self.stmts(&lp.body),
-                Stmt::If(cond, body) => {
-                    self.cond(cond);
-                    self.stmts(body);
-                }
-                Stmt::Store(b, _, e) => {
-                    self.writes.insert(*b);
-                    self.expr(e);
-                }
-                Stmt::Accumulate(b, _, e) => {
-                    self.writes.insert(*b);
-                    self.reads.insert(*b);
-                    self.stores_only = false;
-                    self.expr(e);
-                }
-                Stmt::Let(_, e) => self.expr(e),
-            }
-        }
-    }
-
-    fn cond(&mut self, cond: &Cond) {
-        match cond {
-            Cond::InBounds(..) => {}
-            Cond::Cmp(_, a, b) => {
-                self.expr(a);
-                self.expr(b);
-            }
-            Cond::And(a, b) => {
-                self.cond(a);
-                self.cond(b);
-            }
-        }
-    }
-
-    fn expr(&mut self, e: &Expr) {
-        match e {
-            Expr::Const(_) | Expr::Local(_) | Expr::IndexValue(_) => {}
-            Expr::Load(b, _) => {
-                self.reads.insert(*b);
-            }
-            Expr::Unary(_, a) => self.expr(a),
-            Expr::Binary(_, a, b) => {
-                self.expr(a);
-                self.expr(b);
-            }
-            Expr::Fma(a, b, c) => {
-                self.expr(a);
-                self.expr(b);
-                self.expr(c);
-            }
-            Expr::Select(c, a, b) => {
-                self.cond(c);
-                self.expr(a);
-                self.expr(b);
-            }
-        }
     }
 }
 
@@ -300,7 +252,7 @@ impl Access {
 mod tests {
     use super::*;
     use crate::ir::NodeId;
-    use crate::lower::loops::{Index, Loop, Var};
+    use crate::lower::loops::{Expr, Index, Loop, Stmt, Var};
 
     fn at() -> Index {
         Index {

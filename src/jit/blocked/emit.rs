@@ -210,7 +210,10 @@ impl Translator<'_> {
                     .collect();
                 let end = self.builder.ins().iconst(types::I64, r.extent as i64);
                 let (body, exit) = self.begin_loop(var, 1, end);
-                pointers = slots.iter().map(|&slot| self.builder.use_var(slot)).collect();
+                pointers = slots
+                    .iter()
+                    .map(|&slot| self.builder.use_var(slot))
+                    .collect();
                 loops.push((r.var, var, slots, end, body, exit));
             }
             frame.steps = stepped
@@ -228,10 +231,17 @@ impl Translator<'_> {
             }
             for (reduction, var, slots, end, body, exit) in loops.into_iter().rev() {
                 for ((key, _), slot) in stepped.iter().zip(slots) {
-                    let coeff = key.1.iter().find(|(v, _)| *v == reduction).map_or(0, |t| t.1);
+                    let coeff = key
+                        .1
+                        .iter()
+                        .find(|(v, _)| *v == reduction)
+                        .map_or(0, |t| t.1);
                     if coeff != 0 {
                         let pointer = self.builder.use_var(slot);
-                        let next = self.builder.ins().iadd_imm_s(pointer, coeff.wrapping_mul(4));
+                        let next = self
+                            .builder
+                            .ins()
+                            .iadd_imm_s(pointer, coeff.wrapping_mul(4));
                         self.builder.def_var(slot, next);
                     }
                 }
