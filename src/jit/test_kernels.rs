@@ -1,6 +1,6 @@
 //! Small builders of loop IR kernels and a runner, shared by the JIT's unit tests.
 
-use super::{Buffers, Compiled};
+use super::{Buffers, CompileOptions, Compiled};
 use crate::lower::loops::{BufId, Expr, Index, Kernel, Loop, Stmt, Var};
 
 pub(crate) fn index(terms: &[(u32, i64)], offset: i64) -> Index {
@@ -51,5 +51,30 @@ pub(crate) fn run_one(
 pub(crate) fn ramp(len: usize, scale: f32, shift: f32) -> Vec<f32> {
     (0..len)
         .map(|i| (i as f32 * scale + shift).sin() * 3.0)
+        .collect()
+}
+
+/// Runs `kernel` on copies of `bufs` compiled with blocking and vectorisation on, then off.
+pub(crate) fn both_ways(kernel: &Kernel, bufs: &Buffers, threads: usize) -> (Buffers, Buffers) {
+    let run = |vectorize| {
+        let options = CompileOptions { vectorize };
+        let compiled = Compiled::with_options(std::slice::from_ref(kernel), &bufs.lens(), options)
+            .unwrap_or_else(|e| panic!("{e}\n{kernel:#?}"));
+        let mut out = bufs.clone();
+        compiled.run(0, &mut out, threads).expect("kernel runs");
+        out
+    };
+    (run(true), run(false))
+}
+
+/// Every buffer's bits, to compare results exactly (NaN payloads and signed zeros included).
+pub(crate) fn bits(bufs: &Buffers) -> Vec<Vec<u32>> {
+    (0..bufs.lens().len())
+        .map(|b| {
+            bufs.get(BufId(b as u32))
+                .iter()
+                .map(|f| f.to_bits())
+                .collect()
+        })
         .collect()
 }

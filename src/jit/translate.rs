@@ -11,7 +11,7 @@
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
-    types, AbiParam, Function, InstBuilder, MemFlagsData, Signature, Type, Value,
+    types, AbiParam, Block, Function, InstBuilder, MemFlagsData, Signature, Type, Value,
 };
 use cranelift_codegen::isa::{CallConv, TargetFrontendConfig};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
@@ -146,9 +146,10 @@ impl Translator<'_> {
         self.translate_counted_loop(lp, start, end, false);
     }
 
-    /// `for var in start .. end { body }`, bottom-tested; `may_be_empty` adds the entry test.
-    fn translate_counted_loop(&mut self, lp: &Loop, start: Value, end: Value, may_be_empty: bool) {
-        if self.vectorize && self.try_translate_contraction(lp, start, end, may_be_empty) {
+    /// `for var in start .. end { body }`, entry- and bottom-tested. `runtime_range`: the range
+    /// is a thread's share of a parallel loop, not the loop's constant extent.
+    fn translate_counted_loop(&mut self, lp: &Loop, start: Value, end: Value, runtime_range: bool) {
+        if self.vectorize && self.try_translate_contraction(lp, start, end, runtime_range) {
             return;
         }
         if self.vectorize && vector::is_vectorizable(lp) {
@@ -156,32 +157,49 @@ impl Translator<'_> {
             return;
         }
         let var = self.vars[lp.var.0 as usize];
-        let body_block = self.builder.create_block();
-        let exit_block = self.builder.create_block();
         self.builder.def_var(var, start);
-        if may_be_empty {
-            let not_empty = self.builder.ins().icmp(IntCC::SignedLessThan, start, end);
-            self.builder
-                .ins()
-                .brif(not_empty, body_block, &[], exit_block, &[]);
-        } else {
-            self.builder.ins().jump(body_block, &[]);
-        }
-
-        self.builder.switch_to_block(body_block);
+        let (body, exit) = self.begin_loop(var, 1, end);
         self.translate_stmts(&lp.body);
+        self.end_loop(var, 1, end, body, exit);
+    }
+
+    /// Emits a loop `while var + step <= end { body; var += step }` up to its body, entry
+    /// tested; `var` must be defined. Returns the body and exit blocks for [`Self::end_loop`].
+    pub(super) fn begin_loop(&mut self, var: Variable, step: i64, end: Value) -> (Block, Block) {
+        let body = self.builder.create_block();
+        let exit = self.builder.create_block();
         let current = self.builder.use_var(var);
-        let next = self.builder.ins().iadd_imm_s(current, 1);
+        let fits = self.fits(current, step, end);
+        self.builder.ins().brif(fits, body, &[], exit, &[]);
+        self.builder.switch_to_block(body);
+        (body, exit)
+    }
+
+    pub(super) fn end_loop(
+        &mut self,
+        var: Variable,
+        step: i64,
+        end: Value,
+        body: Block,
+        exit: Block,
+    ) {
+        let current = self.builder.use_var(var);
+        let next = self.builder.ins().iadd_imm_s(current, step);
         self.builder.def_var(var, next);
-        let again = self.builder.ins().icmp(IntCC::SignedLessThan, next, end);
+        let fits = self.fits(next, step, end);
+        self.builder.ins().brif(fits, body, &[], exit, &[]);
+        // Both predecessors of the body (entry and back edge) are known only now.
+        self.builder.seal_block(body);
+        self.builder.switch_to_block(exit);
+        self.builder.seal_block(exit);
+    }
+
+    /// An `i8` that is 1 when `position + step <= end`.
+    fn fits(&mut self, position: Value, step: i64, end: Value) -> Value {
+        let last = self.builder.ins().iadd_imm_s(position, step);
         self.builder
             .ins()
-            .brif(again, body_block, &[], exit_block, &[]);
-        // Both predecessors of the body (entry and back edge) are known only now.
-        self.builder.seal_block(body_block);
-
-        self.builder.switch_to_block(exit_block);
-        self.builder.seal_block(exit_block);
+            .icmp(IntCC::SignedLessThanOrEqual, last, end)
     }
 
     fn translate_if(&mut self, cond: &Cond, body: &[Stmt]) {

@@ -34,7 +34,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{types, Endianness, InstBuilder, MemFlagsData, Value};
 
 use super::translate::{float_cc, Translator};
@@ -148,22 +147,12 @@ pub(super) fn lane_bitcast_flags() -> MemFlagsData {
 
 impl Translator<'_> {
     /// `for var in start .. end { body }` for a loop that [`is_vectorizable`]: a vector loop
-    /// while four iterations remain, then the scalar body for the rest. Both loops are
-    /// bottom-tested behind one entry test each, so an empty range runs nothing.
+    /// while four iterations remain, then the scalar body for the rest (each loop entry- and
+    /// bottom-tested, so an empty range runs nothing).
     pub(super) fn translate_vectorized_loop(&mut self, lp: &Loop, start: Value, end: Value) {
         let var = self.vars[lp.var.0 as usize];
-        let vector_block = self.builder.create_block();
-        let remainder_test = self.builder.create_block();
-        let scalar_block = self.builder.create_block();
-        let exit_block = self.builder.create_block();
-
         self.builder.def_var(var, start);
-        let four_left = self.four_iterations_left(start, end);
-        self.builder
-            .ins()
-            .brif(four_left, vector_block, &[], remainder_test, &[]);
-
-        self.builder.switch_to_block(vector_block);
+        let (body, exit) = self.begin_loop(var, LANES, end);
         let mut lanes = VectorLocals::new();
         for stmt in &lp.body {
             self.translate_vector_stmt(lp.var, &mut lanes, stmt);
@@ -173,45 +162,11 @@ impl Translator<'_> {
             let last = self.builder.ins().extractlane(value, (LANES - 1) as u8);
             self.define_local(local, last);
         }
-        let current = self.builder.use_var(var);
-        let next = self.builder.ins().iadd_imm_s(current, LANES);
-        self.builder.def_var(var, next);
-        let four_left = self.four_iterations_left(next, end);
-        self.builder
-            .ins()
-            .brif(four_left, vector_block, &[], remainder_test, &[]);
-        self.builder.seal_block(vector_block);
+        self.end_loop(var, LANES, end, body, exit);
 
-        // Reached from the entry and from the vector loop, both known now.
-        self.builder.switch_to_block(remainder_test);
-        self.builder.seal_block(remainder_test);
-        let current = self.builder.use_var(var);
-        let any_left = self.builder.ins().icmp(IntCC::SignedLessThan, current, end);
-        self.builder
-            .ins()
-            .brif(any_left, scalar_block, &[], exit_block, &[]);
-
-        self.builder.switch_to_block(scalar_block);
+        let (body, exit) = self.begin_loop(var, 1, end);
         self.translate_stmts(&lp.body);
-        let current = self.builder.use_var(var);
-        let next = self.builder.ins().iadd_imm_s(current, 1);
-        self.builder.def_var(var, next);
-        let again = self.builder.ins().icmp(IntCC::SignedLessThan, next, end);
-        self.builder
-            .ins()
-            .brif(again, scalar_block, &[], exit_block, &[]);
-        self.builder.seal_block(scalar_block);
-
-        self.builder.switch_to_block(exit_block);
-        self.builder.seal_block(exit_block);
-    }
-
-    /// An `i8` that is 1 when `position + 4 <= end`.
-    fn four_iterations_left(&mut self, position: Value, end: Value) -> Value {
-        let last_lane_end = self.builder.ins().iadd_imm_s(position, LANES);
-        self.builder
-            .ins()
-            .icmp(IntCC::SignedLessThanOrEqual, last_lane_end, end)
+        self.end_loop(var, 1, end, body, exit);
     }
 
     fn translate_vector_stmt(&mut self, var: Var, lanes: &mut VectorLocals, stmt: &Stmt) {
@@ -377,8 +332,8 @@ impl Translator<'_> {
 #[cfg(test)]
 mod tests {
     use super::super::random_kernels::{same, Rng};
-    use super::super::test_kernels::{index, kernel, load, lp};
-    use super::super::{Buffers, CompileOptions, Compiled};
+    use super::super::test_kernels::{bits, both_ways, index, kernel, load, lp};
+    use super::super::Buffers;
     use super::is_vectorizable;
     use crate::lower::interp;
     use crate::lower::loops::{
@@ -485,31 +440,6 @@ mod tests {
         ));
         assert!(is_vectorizable(&assigned_then_read));
         assert!(!is_vectorizable(&inner(lp(0, 8, false, vec![axpy(3)]))));
-    }
-
-    /// Runs `kernel` compiled with and without vectorisation on copies of `bufs`.
-    fn both_ways(kernel: &Kernel, bufs: &Buffers, threads: usize) -> (Buffers, Buffers) {
-        let run = |vectorize| {
-            let options = CompileOptions { vectorize };
-            let compiled =
-                Compiled::with_options(std::slice::from_ref(kernel), &bufs.lens(), options)
-                    .unwrap_or_else(|e| panic!("{e}\n{kernel:#?}"));
-            let mut out = bufs.clone();
-            compiled.run(0, &mut out, threads).expect("kernel runs");
-            out
-        };
-        (run(true), run(false))
-    }
-
-    fn bits(bufs: &Buffers) -> Vec<Vec<u32>> {
-        (0..bufs.lens().len())
-            .map(|b| {
-                bufs.get(BufId(b as u32))
-                    .iter()
-                    .map(|f| f.to_bits())
-                    .collect()
-            })
-            .collect()
     }
 
     #[test]

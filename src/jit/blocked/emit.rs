@@ -22,7 +22,6 @@
 
 use std::collections::HashMap;
 
-use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{types, InstBuilder, MemFlagsData, Value};
 use cranelift_frontend::Variable;
 
@@ -279,50 +278,6 @@ impl Translator<'_> {
         let value = self.eval(nest, frame, expr, None, site);
         cache.insert(key, value);
         value
-    }
-
-    /// Emits a loop `while var + step <= end { body; var += step }` up to its body, entry
-    /// tested; `var` must be defined. Returns the body and exit blocks for [`Self::end_loop`].
-    fn begin_loop(
-        &mut self,
-        var: Variable,
-        step: i64,
-        end: Value,
-    ) -> (cranelift_codegen::ir::Block, cranelift_codegen::ir::Block) {
-        let body = self.builder.create_block();
-        let exit = self.builder.create_block();
-        let current = self.builder.use_var(var);
-        let fits = self.fits(current, step, end);
-        self.builder.ins().brif(fits, body, &[], exit, &[]);
-        self.builder.switch_to_block(body);
-        (body, exit)
-    }
-
-    fn end_loop(
-        &mut self,
-        var: Variable,
-        step: i64,
-        end: Value,
-        body: cranelift_codegen::ir::Block,
-        exit: cranelift_codegen::ir::Block,
-    ) {
-        let current = self.builder.use_var(var);
-        let next = self.builder.ins().iadd_imm_s(current, step);
-        self.builder.def_var(var, next);
-        let fits = self.fits(next, step, end);
-        self.builder.ins().brif(fits, body, &[], exit, &[]);
-        // Both predecessors of the body (entry and back edge) are known only now.
-        self.builder.seal_block(body);
-        self.builder.switch_to_block(exit);
-        self.builder.seal_block(exit);
-    }
-
-    /// An `i8` that is 1 when `position + step <= end`.
-    fn fits(&mut self, position: Value, step: i64, end: Value) -> Value {
-        let last = self.builder.ins().iadd_imm_s(position, step);
-        self.builder
-            .ins()
-            .icmp(IntCC::SignedLessThanOrEqual, last, end)
     }
 
     /// Computes, at the block's start, the base address of every buffer access of the nest.

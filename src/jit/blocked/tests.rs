@@ -2,12 +2,10 @@
 
 use super::contraction;
 use crate::jit::random_kernels::{same, Rng};
-use crate::jit::test_kernels::{index, kernel, load, lp};
-use crate::jit::{Buffers, CompileOptions, Compiled};
+use crate::jit::test_kernels::{bits, both_ways, index, kernel, load, lp};
+use crate::jit::Buffers;
 use crate::lower::interp;
-use crate::lower::loops::{
-    BinOp, BufId, CmpOp, Cond, Expr, Index, Kernel, Local, Loop, Stmt, UnOp,
-};
+use crate::lower::loops::{BinOp, BufId, CmpOp, Cond, Expr, Index, Local, Loop, Stmt, UnOp};
 
 const ACC: Local = Local(0);
 const ROW: u32 = 0;
@@ -190,30 +188,6 @@ fn random_buffers(rng: &mut Rng, lens: &[usize]) -> Buffers {
         }
     }
     bufs
-}
-
-/// Runs `kernel` compiled with blocking (and vectorisation) on and off.
-fn both_ways(kernel: &Kernel, bufs: &Buffers, threads: usize) -> (Buffers, Buffers) {
-    let run = |vectorize| {
-        let options = CompileOptions { vectorize };
-        let compiled = Compiled::with_options(std::slice::from_ref(kernel), &bufs.lens(), options)
-            .unwrap_or_else(|e| panic!("{e}\n{kernel:#?}"));
-        let mut out = bufs.clone();
-        compiled.run(0, &mut out, threads).expect("kernel runs");
-        out
-    };
-    (run(true), run(false))
-}
-
-fn bits(bufs: &Buffers) -> Vec<Vec<u32>> {
-    (0..bufs.lens().len())
-        .map(|b| {
-            bufs.get(BufId(b as u32))
-                .iter()
-                .map(|f| f.to_bits())
-                .collect()
-        })
-        .collect()
 }
 
 /// A random access `Σ coeff·var + offset` over `vars` (with extents) and the largest
