@@ -171,10 +171,7 @@ pub fn run(args: &Args, sources: &mut crate::span::SourceMap) -> Result<String, 
         macs_per_image: macs as u64,
     };
     let layers = if args.layers {
-        let lowered = match args.fusion {
-            Fusion::On => crate::passes::fuse(&graph),
-            Fusion::Off => graph.clone(),
-        };
+        let lowered = args.fusion.apply(&graph);
         Some(time_layers(&lowered, args.batch, loss, threads, &values)?)
     } else {
         None

@@ -76,6 +76,16 @@ pub enum Fusion {
     Off,
 }
 
+impl Fusion {
+    /// The graph an engine lowers: `graph` after the fusion passes, or `graph` itself.
+    pub fn apply(self, graph: &Graph) -> std::borrow::Cow<'_, Graph> {
+        match self {
+            Fusion::On => std::borrow::Cow::Owned(crate::passes::fuse(graph)),
+            Fusion::Off => std::borrow::Cow::Borrowed(graph),
+        }
+    }
+}
+
 pub struct Engine {
     plan: Plan,
     compiled: Compiled,
@@ -116,14 +126,7 @@ impl Engine {
         fusion: Fusion,
         sharing: Memory,
     ) -> Result<Engine, EngineError> {
-        let fused;
-        let graph = match fusion {
-            Fusion::On => {
-                fused = crate::passes::fuse(graph);
-                &fused
-            }
-            Fusion::Off => graph,
-        };
+        let graph = &*fusion.apply(graph);
         let plan = plan(graph, batch, loss);
         let lens: Vec<usize> = plan.buffers.iter().map(|b| b.len).collect();
         let compiled = Compiled::new(&plan.kernels, &lens)?;
