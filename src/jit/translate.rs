@@ -249,20 +249,8 @@ impl Translator<'_> {
                 let value = self.translate_index(index);
                 self.builder.ins().fcvt_from_sint(types::F32, value)
             }
-            Expr::Unary(op, a) => {
-                let a = self.translate_expr(a);
-                self.translate_unary(*op, a)
-            }
-            Expr::Binary(op, a, b) => {
-                let a = self.translate_expr(a);
-                let b = self.translate_expr(b);
-                self.translate_binary(*op, a, b)
-            }
-            Expr::Fma(a, b, c) => {
-                let a = self.translate_expr(a);
-                let b = self.translate_expr(b);
-                let c = self.translate_expr(c);
-                self.builder.ins().fma(a, b, c)
+            Expr::Unary(..) | Expr::Binary(..) | Expr::Fma(..) => {
+                self.translate_arithmetic(expr, &mut |t, e| t.translate_expr(e))
             }
             Expr::Select(cond, a, b) => {
                 let holds = self.translate_cond(cond);
@@ -270,6 +258,37 @@ impl Translator<'_> {
                 let b = self.translate_expr(b);
                 self.builder.ins().select(holds, a, b)
             }
+        }
+    }
+
+    /// A unary, binary or fused multiply-add `expr` (each the same instructions on `f32` and
+    /// `f32x4`), its operands evaluated left to right by `operand`: shared by the scalar,
+    /// vector and blocked translations, which differ only in how they reach the leaves.
+    ///
+    /// # Panics
+    /// On any other expression (a caller's bug).
+    pub(super) fn translate_arithmetic(
+        &mut self,
+        expr: &Expr,
+        operand: &mut impl FnMut(&mut Self, &Expr) -> Value,
+    ) -> Value {
+        match expr {
+            Expr::Unary(op, a) => {
+                let a = operand(self, a);
+                self.translate_unary(*op, a)
+            }
+            Expr::Binary(op, a, b) => {
+                let a = operand(self, a);
+                let b = operand(self, b);
+                self.translate_binary(*op, a, b)
+            }
+            Expr::Fma(a, b, c) => {
+                let a = operand(self, a);
+                let b = operand(self, b);
+                let c = operand(self, c);
+                self.builder.ins().fma(a, b, c)
+            }
+            other => unreachable!("not arithmetic: {other:?}"),
         }
     }
 

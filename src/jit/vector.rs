@@ -209,21 +209,9 @@ impl Translator<'_> {
                 0 => self.translate_splat(expr),
                 stride => self.translate_lane_indices(index, stride),
             },
-            Expr::Unary(op, a) => {
-                let a = self.translate_vector_expr(var, lanes, a);
-                // The same instructions as scalars (exp and ln: math.rs, lane-wise).
-                self.translate_unary(*op, a)
-            }
-            Expr::Binary(op, a, b) => {
-                let a = self.translate_vector_expr(var, lanes, a);
-                let b = self.translate_vector_expr(var, lanes, b);
-                self.translate_binary(*op, a, b)
-            }
-            Expr::Fma(a, b, c) => {
-                let a = self.translate_vector_expr(var, lanes, a);
-                let b = self.translate_vector_expr(var, lanes, b);
-                let c = self.translate_vector_expr(var, lanes, c);
-                self.builder.ins().fma(a, b, c)
+            // The same instructions as scalars (exp and ln: math.rs, lane-wise).
+            Expr::Unary(..) | Expr::Binary(..) | Expr::Fma(..) => {
+                self.translate_arithmetic(expr, &mut |t, e| t.translate_vector_expr(var, lanes, e))
             }
             Expr::Select(cond, a, b) => {
                 let mask = self.translate_vector_cond(var, lanes, cond);

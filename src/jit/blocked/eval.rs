@@ -52,7 +52,6 @@ impl Translator<'_> {
             let scalar = self.eval_lane(nest, frame, expr, None, site.u, site.lane);
             return self.builder.ins().splat(types::F32X4, scalar);
         }
-        let mut recurse = |t: &mut Self, e: &Expr| t.eval(nest, frame, e, acc, site);
         match expr {
             Expr::Load(buf, index) if coefficients(index).get(&nest.lane_var()) == Some(&1) => {
                 let (address, offset) = self.address(nest, frame, *buf, index, site.u, site.lane);
@@ -62,20 +61,8 @@ impl Translator<'_> {
             }
             Expr::Local(_) => acc.expect("only the epilogue reads a local: the sum"),
             // exp and ln included: math.rs emits the same instructions for f32 and f32x4.
-            Expr::Unary(op, a) => {
-                let a = recurse(self, a);
-                self.translate_unary(*op, a)
-            }
-            Expr::Binary(op, a, b) => {
-                let a = recurse(self, a);
-                let b = recurse(self, b);
-                self.translate_binary(*op, a, b)
-            }
-            Expr::Fma(a, b, c) => {
-                let a = recurse(self, a);
-                let b = recurse(self, b);
-                let c = recurse(self, c);
-                self.builder.ins().fma(a, b, c)
+            Expr::Unary(..) | Expr::Binary(..) | Expr::Fma(..) => {
+                self.translate_arithmetic(expr, &mut |t, e| t.eval(nest, frame, e, acc, site))
             }
             Expr::Select(cond, a, b) if !lane_dependent_guard(cond, nest.lane_var()) => {
                 let mask = self.vector_cond(nest, frame, cond, acc, site);
@@ -154,7 +141,6 @@ impl Translator<'_> {
         u: i64,
         lane: i64,
     ) -> Value {
-        let mut recurse = |t: &mut Self, e: &Expr| t.eval_lane(nest, frame, e, acc, u, lane);
         match expr {
             Expr::Const(c) => self.builder.ins().f32const(*c),
             Expr::Load(buf, index) => {
@@ -168,21 +154,8 @@ impl Translator<'_> {
                 let value = self.index_value(frame, index, u, lane);
                 self.builder.ins().fcvt_from_sint(types::F32, value)
             }
-            Expr::Unary(op, a) => {
-                let a = recurse(self, a);
-                self.translate_unary(*op, a)
-            }
-            Expr::Binary(op, a, b) => {
-                let a = recurse(self, a);
-                let b = recurse(self, b);
-                self.translate_binary(*op, a, b)
-            }
-            Expr::Fma(a, b, c) => {
-                let a = recurse(self, a);
-                let b = recurse(self, b);
-                let c = recurse(self, c);
-                self.builder.ins().fma(a, b, c)
-            }
+            Expr::Unary(..) | Expr::Binary(..) | Expr::Fma(..) => self
+                .translate_arithmetic(expr, &mut |t, e| t.eval_lane(nest, frame, e, acc, u, lane)),
             Expr::Select(cond, a, b) => {
                 let holds = self.cond_lane(nest, frame, cond, acc, u, lane);
                 let a = self.eval_lane(nest, frame, a, acc, u, lane);
