@@ -265,6 +265,9 @@ pub fn backward(
     if let Some(dx) = dx {
         kernels.extend(gradient.input(name, dx));
     }
+    // The forward's padded copy is filled again rather than kept alive through the step: `x`
+    // is live until here anyway, so keeping both would hold the input twice (the memory plan
+    // shares the scratch meanwhile), for a copy that costs ~0.5% of LeNet's step.
     let (fill, source) = padded_input(name, "backward_pad_input", t, &dims);
     kernels.extend(fill);
     kernels.push(gradient.weight(name, &source, dweight));
