@@ -24,6 +24,22 @@ fn nest_body(reductions: &[(u32, usize)], a: Expr, b: Expr, o: Index) -> Vec<Stm
     lane_body
 }
 
+/// LeNet conv2's input `x[n, ci, oh + kh, ow + kw]` (`[N, 6, 14, 14]`), buffer 0, for the
+/// variables `[n, ci, oh, kh, ow, kw]`.
+fn lenet_conv2_input(vars: [u32; 6]) -> Expr {
+    let [n, ci, oh, kh, ow, kw] = vars;
+    let hw = 14;
+    let terms = [
+        (n, 6 * hw * hw),
+        (ci, hw * hw),
+        (oh, hw),
+        (kh, hw),
+        (ow, 1),
+        (kw, 1),
+    ];
+    *load(0, &terms, 0)
+}
+
 /// Runs `kernel` on one thread, blocked and plain, and prints GFLOP/s for `flops` per run.
 fn measure(name: &str, kernel: Kernel, lens: &[usize], flops: f64) {
     let mut rng = Rng(5);
@@ -61,20 +77,9 @@ fn measure(name: &str, kernel: Kernel, lens: &[usize], flops: f64) {
 fn conv_forward_lenet_conv2_batch_256() {
     // out[n, co, oh, ow] = Σ_{ci, kh, kw} x[n, ci, oh + kh, ow + kw]·w[ci, kh, kw, co]:
     // rows = ow (10), lanes = co (16), reductions ci (6), kh (5), kw (5).
-    let (n, ci, co, hw, k, o) = (256usize, 6usize, 16usize, 14i64, 5usize, 10usize);
+    let (n, ci, co, k, o) = (256usize, 6usize, 16usize, 5usize, 10usize);
     let (n_, ow, co_, ci_, kh, kw, oh) = (0, 1, 2, 3, 4, 5, 6);
-    let x = *load(
-        0,
-        &[
-            (n_, ci as i64 * hw * hw),
-            (ci_, hw * hw),
-            (oh, hw),
-            (kh, hw),
-            (ow, 1),
-            (kw, 1),
-        ],
-        0,
-    );
+    let x = lenet_conv2_input([n_, ci_, oh, kh, ow, kw]);
     let w = *load(
         1,
         &[
@@ -129,20 +134,9 @@ fn dense_256x400_times_400x120() {
 fn weight_gradient_lenet_conv2_batch_256() {
     // dw[ci, kh, kw, co] = Σ_{n, oh, ow} x[n, ci, oh + kh, ow + kw]·dy[n, oh, ow, co]:
     // rows kw (5), lanes co (16), reductions n (256), oh (10), ow (10): 25,600 terms each.
-    let (n, ci, co, hw, k, o) = (256usize, 6usize, 16usize, 14i64, 5usize, 10usize);
+    let (n, ci, co, k, o) = (256usize, 6usize, 16usize, 5usize, 10usize);
     let (ci_, kh, kw, co_, n_, oh, ow) = (0, 1, 2, 3, 4, 5, 6);
-    let x = *load(
-        0,
-        &[
-            (n_, ci as i64 * hw * hw),
-            (ci_, hw * hw),
-            (oh, hw),
-            (kh, hw),
-            (ow, 1),
-            (kw, 1),
-        ],
-        0,
-    );
+    let x = lenet_conv2_input([n_, ci_, oh, kh, ow, kw]);
     let dy = *load(
         1,
         &[
