@@ -3,29 +3,16 @@
 //! kernels round differently: an activation applied before the store, a gradient formed
 //! from the output). `tests/plan.rs` checks every fusion against the reference.
 
-use std::path::Path;
-
-use cnnc::ir::{Graph, Loss};
+use cnnc::ir::Loss;
+use cnnc::reference::fixtures::model;
 use cnnc::runtime::engine::{Engine, Fusion, Memory, Truth};
 use cnnc::runtime::init::initialize;
-use cnnc::span::SourceMap;
 use rand::rngs::ChaCha8Rng;
 use rand::SeedableRng;
 
 const ATOL: f32 = 1e-4;
 const RTOL: f32 = 1e-3;
 const THREADS: usize = 2;
-
-fn load(path: &str) -> Graph {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
-    let mut sources = SourceMap::default();
-    let graphs = cnnc::load_file(&path, &mut sources)
-        .unwrap_or_else(|e| panic!("{}: {e:?}", path.display()));
-    graphs
-        .into_iter()
-        .next()
-        .expect("the file defines a network")
-}
 
 fn assert_close(fused: &[f32], unfused: &[f32], what: &str) {
     assert_eq!(fused.len(), unfused.len(), "{what}: length");
@@ -39,7 +26,7 @@ fn assert_close(fused: &[f32], unfused: &[f32], what: &str) {
 
 /// One training step of `file` at `batch` on both engines, from the same initial parameters.
 fn same_step_fused_and_unfused(file: &str, batch: usize) {
-    let graph = load(file);
+    let graph = model(file);
     assert_ne!(
         cnnc::passes::fuse(&graph),
         graph,

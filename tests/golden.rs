@@ -12,25 +12,15 @@
 
 use std::path::Path;
 
-use cnnc::ir::{Graph, Loss};
-use cnnc::reference::fixtures::golden;
+use cnnc::ir::Loss;
+use cnnc::reference::fixtures::{golden, model};
 use cnnc::runtime::engine::{Engine, Truth};
-use cnnc::span::SourceMap;
 use rand::rngs::ChaCha8Rng;
 use rand::SeedableRng;
 
 const ABSOLUTE: f32 = 2e-5;
 const RELATIVE: f32 = 1e-4;
 const THREADS: usize = 2;
-
-fn load_network(file: &str) -> Graph {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
-    let mut sources = SourceMap::default();
-    let mut graphs =
-        cnnc::load_file(&path, &mut sources).unwrap_or_else(|_| panic!("{file} does not check"));
-    assert_eq!(graphs.len(), 1, "{file}: one network");
-    graphs.remove(0)
-}
 
 /// The largest difference seen, and the quantity it was in.
 #[derive(Default)]
@@ -70,7 +60,7 @@ fn check(name: &str, file: &str) {
             .as_slice()
             .expect("golden tensors are contiguous")
     };
-    let graph = load_network(file);
+    let graph = model(file);
     let input = get("input");
     let batch = tensor("input").shape()[0];
     let labels: Vec<u32> = get("labels").iter().map(|&l| l as u32).collect();

@@ -11,12 +11,10 @@
 
 mod support;
 
-use std::path::Path;
-
 use cnnc::ir::{Activation, Conv, Graph, Loss, NodeId, Op, ParamId, ParamKind, Pool, PoolKind};
 use cnnc::lower::loops::{BufId, Kernel};
 use cnnc::lower::{plan, BufferRole, Plan};
-use cnnc::reference::fixtures::{plain_conv, GraphBuilder};
+use cnnc::reference::fixtures::{model, plain_conv, GraphBuilder};
 use cnnc::reference::{self, Mode};
 use cnnc::span::SourceMap;
 use ndarray::{ArrayD, IxDyn};
@@ -348,38 +346,26 @@ fn aliases_share_buffers_and_the_input_has_no_gradient() {
     assert!(plan.buffers.iter().all(|b| !b.name.contains("flatten1")));
 }
 
-/// The first network of a file, through the front end.
-fn load(path: &str) -> Graph {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
-    let mut sources = SourceMap::default();
-    let graphs = cnnc::load_file(&path, &mut sources)
-        .unwrap_or_else(|e| panic!("{}: {e:?}", path.display()));
-    graphs
-        .into_iter()
-        .next()
-        .expect("the file defines a network")
-}
-
 #[test]
 fn golden_networks_match_reference() {
     check_plan(
-        &load("tests/golden/nin_block.cnn"),
+        &model("tests/golden/nin_block.cnn"),
         2,
         Loss::CrossEntropy,
         5,
     );
     check_plan(
-        &load("tests/golden/inception_block.cnn"),
+        &model("tests/golden/inception_block.cnn"),
         2,
         Loss::CrossEntropy,
         6,
     );
-    check_plan(&load("tests/golden/residual_bn.cnn"), 3, Loss::Mse, 7);
+    check_plan(&model("tests/golden/residual_bn.cnn"), 3, Loss::Mse, 7);
 }
 
 #[test]
 fn lenet_matches_reference() {
-    check_plan(&load("models/lenet.cnn"), 2, Loss::CrossEntropy, 8);
+    check_plan(&model("models/lenet.cnn"), 2, Loss::CrossEntropy, 8);
 }
 
 /// The backward scatters of a padded strided max pool and a padded strided convolution (whose
@@ -421,7 +407,7 @@ fn padded_strided_backward_kernels_run_in_parallel() {
 
 #[test]
 fn modern_lenet_matches_reference() {
-    check_plan(&load("models/lenet_modern.cnn"), 2, Loss::CrossEntropy, 9);
+    check_plan(&model("models/lenet_modern.cnn"), 2, Loss::CrossEntropy, 9);
 }
 
 /// An activation drawn from every kind, including those the fusion pass refuses (softmax,

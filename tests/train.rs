@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::AtomicBool;
 
-use cnnc::ir::Graph;
+use cnnc::reference::fixtures::model;
 use cnnc::runtime::checkpoint;
 use cnnc::runtime::data;
 use cnnc::runtime::train::{self, Event, Overrides, Run, Start};
@@ -14,12 +14,6 @@ use cnnc::span::SourceMap;
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn network(file: &str) -> Graph {
-    cnnc::load_file(&root().join(file), &mut SourceMap::default())
-        .expect("the model checks")
-        .remove(0)
 }
 
 fn cnnc(args: &[&str]) -> Output {
@@ -40,7 +34,7 @@ fn scratch(name: &str) -> PathBuf {
 /// model file's recipe reaches 1e-4).
 #[test]
 fn edge_learns_the_kernel() {
-    let graph = network("models/edge.cnn");
+    let graph = model("models/edge.cnn");
     let config = train::settings(graph.train.as_ref(), &Overrides::default());
     let splits = data::load(&config.data, &root().join("models"), &graph, config.loss, 0)
         .expect("edge.npz loads");
@@ -72,7 +66,7 @@ fn edge_learns_the_kernel() {
 /// the first four (measured: 2.29 → 2.12; the start is ln 10 ≈ 2.30).
 #[test]
 fn lenet_loss_falls_in_one_epoch_on_the_mnist_sample() {
-    let graph = network("models/lenet_modern.cnn");
+    let graph = model("models/lenet_modern.cnn");
     let overrides = Overrides {
         data: Some(cnnc::ir::DataSource::Path(
             root().join("tests/data/mnist").to_string_lossy().into(),
@@ -230,7 +224,7 @@ fn a_diverging_run_stops_and_keeps_the_last_checkpoint() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("in epoch 1, batch"), "{stderr}");
     assert!(stderr.contains("lower learning rate"), "{stderr}");
-    let graph = network("models/lenet_modern.cnn");
+    let graph = model("models/lenet_modern.cnn");
     let kept = checkpoint::load(&save, &graph).expect("the start checkpoint is intact");
     assert_eq!(kept.progress.map(|p| p.epochs_done), Some(0));
     let _ = std::fs::remove_dir_all(&dir);

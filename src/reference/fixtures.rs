@@ -1,6 +1,7 @@
 //! Fixtures for the tests of the reference and of the engine (`tests/plan.rs`,
-//! `tests/golden.rs`): graphs built by hand with [`GraphBuilder`], and the committed PyTorch
-//! goldens of `tests/golden/` read by [`golden`]. They live in the library, not in a
+//! `tests/golden.rs`, ...): graphs built by hand with [`GraphBuilder`], the repository's
+//! networks read by [`model`], and the committed PyTorch goldens of `tests/golden/` read by
+//! [`golden`]. They live in the library, not in a
 //! `#[cfg(test)]` module, because integration tests cannot reach those. Nothing here reads user
 //! input: a fixture that does not load is a broken checkout, so the functions panic.
 
@@ -124,6 +125,16 @@ pub fn plain_conv(in_channels: usize, out_channels: usize, kernel: usize, axes: 
         weight: ParamId(0),
         bias: None,
     }
+}
+
+/// The one network of `file` (a path from the repository's root, e.g. `models/lenet.cnn`),
+/// through the whole front end.
+pub fn model(file: &str) -> Graph {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+    let mut graphs = crate::load_file(&path, &mut crate::span::SourceMap::default())
+        .unwrap_or_else(|e| panic!("{file} does not check: {e:?}"));
+    assert_eq!(graphs.len(), 1, "{file}: one network");
+    graphs.remove(0)
 }
 
 /// Every tensor of `tests/golden/<name>.safetensors` (written by `scripts/golden.py`, float32).
