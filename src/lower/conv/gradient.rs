@@ -1,10 +1,14 @@
 //! The gradients of a convolution, each a contraction nest except the strided input gradient.
 //!
-//! - `dx`, unit strides: a correlation of the zero-padded `dy` with the flipped weights,
+//! - `dx`, unit strides, lanes over input channels (a group has enough of them): a correlation
+//!   of the zero-padded `dy` with the flipped weights,
 //!   `dx[n, g·Cg + ci, i] += Σ_{co, k} dypad[n, co, i + (K − 1 − k)·d] · w[co, ci, k]`, with
 //!   `dypad[q] = dy[q − (K − 1)·d + p]` (0 outside `dy`). The flip is in the index, so `k` still
-//!   runs in increasing order. Lanes over input channels (weights packed `[g, co, *k, ci]`) when a
-//!   group has enough of them, else over the last input axis.
+//!   runs in increasing order; weights packed `[g, co, *k, ci]`.
+//! - `dx`, unit strides, few input channels (`input_rows`): per tap `k`, every product
+//!   `w[co, ci, k] · dy[n, co, o]` added at `o + k·d` of a padded `dx`, lanes over the flattened
+//!   positions of `dy` (rows widened to the padded input's), then cropped into `dx`. Only the
+//!   products that exist, where the correlation would also multiply the padding's zeros.
 //! - `dx`, a stride above 1: the output an input element feeds is not affine in it, so `dy` is
 //!   scattered (`dx[o·s + k·d] += dy[o]·w[k]`) into `dx`, or into a zero-padded copy then cropped.
 //!   It is correct but accumulates through memory; kept because only strided layers use it.
@@ -33,6 +37,30 @@ pub(super) fn padded_dy_dims(conv: &Conv, dims: &Dims) -> Vec<usize> {
     [vec![dims.batch, conv.out_channels], spatial.collect()].concat()
 }
 
+/// Whether the input gradient's lanes run over input channels (a group has enough of them).
+pub(super) fn input_channel_lanes(dims: &Dims) -> bool {
+    dims.in_per_group >= MIN_CHANNEL_LANES
+}
+
+/// `[N, C_out, O_0, P_1, ..]`: `dy` with every row but the first axis widened to the padded
+/// input's size (`input_rows`).
+pub(super) fn dy_rows_dims(conv: &Conv, dims: &Dims) -> Vec<usize> {
+    [
+        vec![dims.batch, conv.out_channels, dims.out_spatial[0]],
+        dims.padded_spatial[1..].to_vec(),
+    ]
+    .concat()
+}
+
+/// `[N, C_in, P_0 + 1, P_1, ..]`: the padded input gradient with a spare slab (`input_rows`).
+pub(super) fn wide_dx_dims(conv: &Conv, dims: &Dims) -> Vec<usize> {
+    [
+        vec![dims.batch, conv.in_channels, dims.padded_spatial[0] + 1],
+        dims.padded_spatial[1..].to_vec(),
+    ]
+    .concat()
+}
+
 impl Gradient<'_> {
     /// The gradient before the fused activation at `dy`'s coordinates `at`.
     pub fn pre_activation(&self, at: &[Index]) -> Expr {
@@ -41,10 +69,89 @@ impl Gradient<'_> {
 
     /// The kernels that accumulate `dx`.
     pub fn input(&self, name: &str, dx: &Tensor) -> Vec<Kernel> {
-        match super::unit_strides(self.conv) {
-            true => self.input_correlation(name, dx),
-            false => self.input_scatter(name, dx),
+        match (
+            super::unit_strides(self.conv),
+            input_channel_lanes(self.dims),
+        ) {
+            (true, true) => self.input_correlation(name, dx),
+            (true, false) => self.input_rows(name, dx),
+            (false, _) => self.input_scatter(name, dx),
         }
+    }
+
+    /// Unit strides, few input channels: every tap `k` adds `w[co, ci, k] · dy[n, co, o]` to
+    /// `dx` at `o + k·d`, exactly the products that exist (the correlation of a padded `dy`
+    /// would multiply `(O + K − 1)/O` times as many per axis, most of them by zero on small
+    /// images: LeNet's conv2, 14² outputs from 10² gradients through 5×5 taps, ~2×).
+    ///
+    /// The positions are flattened into one lane axis: `dy` is copied (through the fused
+    /// activation's derivative) into `dy_rows [N, C_out, O_0, P_1, ..]`, each row widened to
+    /// the padded input's `P` with zeros; then for each tap, `padded_dx[n, ci, base(k) + q] +=
+    /// Σ_co w[co, ci, k] · dy_rows[n, co, q]` for every `q < O_0·P_1·..`, with `base(k) =
+    /// Σ_d k_d·d_d·stride_d` in the padded layout. A real position `o` lands on `o + k·d`,
+    /// inside its row; a widening zero lands past the row's end (at most into the next row,
+    /// or the spare slab `padded_dx` has past the last one) and adds nothing. Then `dx +=` the
+    /// crop of `padded_dx`. Per `dx` element the sum runs over `k` in order, each tap's `co`
+    /// in order, and is added to `dx` last.
+    fn input_rows(&self, name: &str, dx: &Tensor) -> Vec<Kernel> {
+        let (conv, dims, t) = (self.conv, self.dims, self.t);
+        let rank = dims.in_spatial.len();
+        let rows_dy = t.scratch.get("dy_rows");
+        let wide = t.scratch.get("padded_dx");
+        let mut kernels = vec![copy::shifted_copy(
+            format!("{name}.widen_dy"),
+            self.dy,
+            rows_dy,
+            &vec![0; rank],
+            &|at| self.pre_activation(at),
+        )];
+        // Strides of the padded spatial layout, and the flattened sizes.
+        let stride: Vec<usize> = (0..rank)
+            .map(|d| dims.padded_spatial[d + 1..].iter().product())
+            .collect();
+        let lanes_len = dims.out_spatial[0] * stride[0];
+        let per_channel = (dims.padded_spatial[0] + 1) * stride[0];
+        let flat_dy = rows_dy.view(vec![dims.batch, conv.out_channels, lanes_len]);
+        let flat_dx = wide.view(vec![dims.batch, conv.in_channels, per_channel]);
+
+        let mut kb = KernelBuilder::new(format!("{name}.backward_input"));
+        let n = kb.var(dims.batch);
+        let (c, e) = (kb.var(conv.in_channels), kb.var(per_channel));
+        let zero = kb.for_(
+            c,
+            vec![kb.for_(e, vec![flat_dx.store(&[ix(n), ix(c), ix(e)], cst(0.0))])],
+        );
+        let g = kb.var(conv.groups);
+        let window = kb.vars(&conv.kernel);
+        let ci = kb.var(dims.in_per_group);
+        let q = kb.var(lanes_len);
+        let co = kb.var(dims.out_per_group);
+        let base = (0..rank).fold(ix(q), |at, d| {
+            at + ix(window[d]) * (conv.dilation[d] * stride[d]) as i64
+        });
+        let out_channel = ix(g) * dims.out_per_group as i64 + ix(co);
+        let at = vec![ix(n), ix(g) * dims.in_per_group as i64 + ix(ci), base];
+        let nest = Contraction {
+            rows: Some((ci, false)),
+            lanes: q,
+            reductions: vec![co],
+            init: flat_dx.load(&at),
+            a: flat_dy.load(&[ix(n), out_channel.clone(), ix(q)]),
+            b: t.weight
+                .load(&[vec![out_channel, ix(ci)], ixs(&window)].concat()),
+            out: flat_dx.clone(),
+            at,
+        };
+        let nest = kb.contraction(nest, |acc| acc);
+        let top = kb.parallel_for(n, vec![zero, kb.for_(g, kb.nest(&window, vec![nest]))]);
+        kernels.push(kb.finish(vec![top]));
+        kernels.push(copy::crop_accumulate(
+            format!("{name}.crop_dx"),
+            wide,
+            dx,
+            &dims.pad_before,
+        ));
+        kernels
     }
 
     fn input_correlation(&self, name: &str, dx: &Tensor) -> Vec<Kernel> {
@@ -53,53 +160,35 @@ impl Gradient<'_> {
         let shift: Vec<i64> = (0..conv.kernel.len())
             .map(|d| reach(d) - dims.pad_before[d] as i64)
             .collect();
-        let padded = t.scratch.get("padded_dy");
+        let padded_dy = t.scratch.get("padded_dy");
         let mut kernels = vec![copy::shifted_copy(
             format!("{name}.pad_dy"),
             self.dy,
-            padded,
+            padded_dy,
             &shift,
             &|at| self.pre_activation(at),
         )];
-        let channel_lanes = dims.in_per_group >= MIN_CHANNEL_LANES;
-        if channel_lanes {
-            let packed = t.scratch.get("packed_weight_t");
-            kernels.push(copy::pack_weight(
-                format!("{name}.pack_weight_t"),
-                t.weight,
-                packed,
-                true,
-            ));
-        }
+        let packed = t.scratch.get("packed_weight_t");
+        kernels.push(copy::pack_weight(
+            format!("{name}.pack_weight_t"),
+            t.weight,
+            packed,
+            true,
+        ));
         let last = dims.last();
         let mut kb = KernelBuilder::new(format!("{name}.backward_input"));
         let n = kb.var(dims.batch);
         let g = kb.var(conv.groups);
         let outer = kb.vars(&dims.in_spatial[..last]);
-        let (rows, lanes) = match channel_lanes {
-            true => (kb.var(dims.in_spatial[last]), kb.var(dims.in_per_group)),
-            false => (kb.var(dims.in_per_group), kb.var(dims.in_spatial[last])),
-        };
-        let (ci, i_last) = match channel_lanes {
-            true => (lanes, rows),
-            false => (rows, lanes),
-        };
+        let (rows, ci) = (kb.var(dims.in_spatial[last]), kb.var(dims.in_per_group));
         let co = kb.var(dims.out_per_group);
         let window = kb.vars(&conv.kernel);
         let out_channel = ix(g) * dims.out_per_group as i64 + ix(co);
-        let in_at = [ixs(&outer), vec![ix(i_last)]].concat();
+        let in_at = [ixs(&outer), vec![ix(rows)]].concat();
         let taps: Vec<Index> = (0..=last)
             .map(|d| in_at[d].clone() - ix(window[d]) * conv.dilation[d] as i64 + reach(d))
             .collect();
-        let w = match channel_lanes {
-            true => t
-                .scratch
-                .get("packed_weight_t")
-                .load(&[vec![ix(g), ix(co)], ixs(&window), vec![ix(ci)]].concat()),
-            false => t
-                .weight
-                .load(&[vec![out_channel.clone(), ix(ci)], ixs(&window)].concat()),
-        };
+        let w = packed.load(&[vec![ix(g), ix(co)], ixs(&window), vec![ix(ci)]].concat());
         let dx_at = [
             vec![ix(n), ix(g) * dims.in_per_group as i64 + ix(ci)],
             in_at,
@@ -107,10 +196,10 @@ impl Gradient<'_> {
         .concat();
         let nest = Contraction {
             rows: Some((rows, false)),
-            lanes,
+            lanes: ci,
             reductions: [vec![co], window].concat(),
             init: dx.load(&dx_at),
-            a: padded.load(&[vec![ix(n), out_channel], taps].concat()),
+            a: padded_dy.load(&[vec![ix(n), out_channel], taps].concat()),
             b: w,
             out: dx.clone(),
             at: dx_at,

@@ -10,12 +10,14 @@
 //! - forward: over output channels (weights packed `[g, ci, *k, co]`, rows over the last output
 //!   axis) when a group has at least [`MIN_CHANNEL_LANES`] of them, else over the last output
 //!   axis (rows over output channels, weights broadcast) — LeNet's 1→6 channels;
-//! - input gradient: the same rule with input channels (`gradient.rs`);
+//! - input gradient: over input channels by the same rule, else over the flattened positions of
+//!   `dy`, one tap at a time (`gradient.rs`);
 //! - weight gradient: over output channels of `dy` transposed channels-last.
 //!
 //! Summation order, per output element, fixed whatever the blocking and the thread count: the
 //! bias (or 0) then `ci, *k` in increasing order (forward), the accumulated `dx` then `co, *k`
-//! (input gradient), `n, *o` (weight and bias gradients). Reductions are nested in that order,
+//! (input gradient over channels; over positions: 0, then per `k` in order its `co` in order,
+//! then added to `dx`), `n, *o` (weight and bias gradients). Reductions are nested in that order,
 //! outermost first, which is the order of the old single-accumulator loops.
 
 mod copy;
@@ -95,8 +97,9 @@ fn unit_strides(conv: &Conv) -> bool {
 /// The scratch buffers of a convolution with input `x` and output `y`: `padded_input` (with
 /// padding), `packed_weight` (lanes over output channels); with a gradient, `dy_t`
 /// (`[N, *O, C_out]`, the gradient before a fused activation); with an input gradient and unit
-/// strides `padded_dy` and, lanes over input channels, `packed_weight_t`; with an input gradient,
-/// padding and a stride, `padded_dx`.
+/// strides, lanes over input channels, `padded_dy` and `packed_weight_t`, or else `dy_rows` and
+/// `padded_dx` (with a spare slab, `gradient.rs`); with an input gradient, padding and a stride,
+/// `padded_dx`.
 pub fn scratch(
     conv: &Conv,
     x: &Tensor,
@@ -127,13 +130,16 @@ pub fn scratch(
         specs.push(spec("dy_t", [dy_t, vec![conv.out_channels]].concat()));
     }
     if has_gradient && has_input_gradient && unit_strides(conv) {
-        specs.push(spec("padded_dy", gradient::padded_dy_dims(conv, &dims)));
-        if dims.in_per_group >= MIN_CHANNEL_LANES {
+        if gradient::input_channel_lanes(&dims) {
+            specs.push(spec("padded_dy", gradient::padded_dy_dims(conv, &dims)));
             let packed = [vec![conv.groups, dims.out_per_group], conv.kernel.clone()].concat();
             specs.push(spec(
                 "packed_weight_t",
                 [packed, vec![dims.in_per_group]].concat(),
             ));
+        } else {
+            specs.push(spec("dy_rows", gradient::dy_rows_dims(conv, &dims)));
+            specs.push(spec("padded_dx", gradient::wide_dx_dims(conv, &dims)));
         }
     }
     if has_gradient && has_input_gradient && !unit_strides(conv) && dims.padded() {
