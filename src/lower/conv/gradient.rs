@@ -61,6 +61,12 @@ pub(super) fn wide_dx_dims(conv: &Conv, dims: &Dims) -> Vec<usize> {
     .concat()
 }
 
+/// Whether the weight and bias gradients run with lanes over the output's last axis (few output
+/// channels, unit strides: LeNet's conv1, 6 channels) instead of over output channels.
+pub(super) fn weight_position_lanes(conv: &Conv, dims: &Dims) -> bool {
+    dims.out_per_group < MIN_CHANNEL_LANES && super::unit_strides(conv)
+}
+
 impl Gradient<'_> {
     /// The gradient before the fused activation at `dy`'s coordinates `at`.
     pub fn pre_activation(&self, at: &[Index]) -> Expr {
@@ -271,7 +277,7 @@ impl Gradient<'_> {
     /// the group, the input channel and the first window axis has the most iterations (LeNet's
     /// conv1: the window's 5 rows; conv2: its 6 input channels); each output is summed whole
     /// inside one iteration.
-    pub fn weight(&self, name: &str, source: &Tensor, dw: &Tensor) -> Kernel {
+    pub fn weight_channels(&self, name: &str, source: &Tensor, dw: &Tensor) -> Kernel {
         let (conv, dims) = (self.conv, self.dims);
         let last = dims.last();
         let mut kb = KernelBuilder::new(format!("{name}.backward_weight"));
@@ -313,6 +319,152 @@ impl Gradient<'_> {
         let parallel = outer.remove(widest);
         let top = kb.parallel_for(parallel, kb.nest(&outer, vec![nest]));
         kb.finish(vec![top])
+    }
+
+    /// The kernels that write `dw` (and `db` if there is a bias) from the padded input `source`.
+    pub fn weight_and_bias(
+        &self,
+        name: &str,
+        source: &Tensor,
+        dw: &Tensor,
+        db: Option<&Tensor>,
+    ) -> Vec<Kernel> {
+        match weight_position_lanes(self.conv, self.dims) {
+            true => vec![self.weight_positions(name, source, dw, db)],
+            false => [
+                vec![self.weight_channels(name, source, dw)],
+                db.map(|db| self.bias(name, db)).into_iter().collect(),
+            ]
+            .concat(),
+        }
+    }
+
+    /// `dw` and `db` in one kernel, lanes over the output's last axis `l`, each lane summing
+    /// its own column first: `dw_lanes[co, ci, k, l] = Σ_{n, o'} dy_pre[n, co, o', l] ·
+    /// xpad[n, g·Cg + ci, (o', l) + k·d]` (`o'` the other output axes; zeroed, then per image
+    /// `n` a nest over `o'` adds to it, rows over the last window axis, parallel over the
+    /// widest of group, output channel, input channel and the other window axes), `db_lanes[co, l] = Σ_{n, o'} dy_pre[n, co, o', l]` (rows over channels,
+    /// parallel), then `dw = Σ_l dw_lanes`, `db = Σ_l db_lanes`, `l` in order. Every product
+    /// fills a lane, where lanes over 6 channels would leave a quarter of them idle, and `dy`
+    /// is read as it lies (after an element-wise copy through the fused activation) instead of
+    /// transposed.
+    fn weight_positions(
+        &self,
+        name: &str,
+        source: &Tensor,
+        dw: &Tensor,
+        db: Option<&Tensor>,
+    ) -> Kernel {
+        let (conv, dims) = (self.conv, self.dims);
+        let last = dims.last();
+        let lanes_len = dims.out_spatial[last];
+        let dy_pre = self.t.scratch.get("dy_pre");
+        let dw_lanes = self.t.scratch.get("dw_lanes");
+        let mut kb = KernelBuilder::new(format!("{name}.backward_weight"));
+        let g = kb.var(conv.groups);
+        let co = kb.var(dims.out_per_group);
+        let ci = kb.var(dims.in_per_group);
+        let window = kb.vars(&conv.kernel);
+        let n = kb.var(dims.batch);
+        let out = kb.vars(&dims.out_spatial);
+        let out_channel = ix(g) * dims.out_per_group as i64 + ix(co);
+        let in_channel = ix(g) * dims.in_per_group as i64 + ix(ci);
+        let dy_at = [vec![ix(n), out_channel.clone()], ixs(&out)].concat();
+        let x_at = [
+            vec![ix(n), in_channel],
+            window_positions(conv, &ixs(&out), &window),
+        ]
+        .concat();
+        let at = [
+            vec![out_channel.clone(), ix(ci)],
+            ixs(&window),
+            vec![ix(out[last])],
+        ]
+        .concat();
+        let nest = Contraction {
+            rows: Some((window[last], false)),
+            lanes: out[last],
+            reductions: out[..last].to_vec(),
+            init: dw_lanes.load(&at),
+            a: dy_pre.load(&dy_at),
+            b: source.load(&x_at),
+            out: dw_lanes.clone(),
+            at,
+        };
+        let nest = kb.contraction(nest, |acc| acc);
+        let mut outer = [vec![g, co, ci], window[..last].to_vec()].concat();
+        let extents = [
+            vec![conv.groups, dims.out_per_group, dims.in_per_group],
+            conv.kernel[..last].to_vec(),
+        ]
+        .concat();
+        let widest = (0..outer.len()).fold(
+            0,
+            |best, i| if extents[i] > extents[best] { i } else { best },
+        );
+        let parallel = outer.remove(widest);
+        // The images outside the nest, so that one image's `dy` and `x` stay in cache while
+        // every output of the thread's slice takes its terms (one sum per lane, through memory:
+        // the same order of terms as with `n` among the reductions).
+        let elements = dw_lanes.dims.iter().product::<usize>();
+        let z = kb.var(elements);
+        let flat_lanes = dw_lanes.view(vec![elements]);
+        let mut top = vec![
+            kb.for_(z, vec![flat_lanes.store(&[ix(z)], cst(0.0))]),
+            kb.parallel_for(parallel, vec![kb.for_(n, kb.nest(&outer, vec![nest]))]),
+        ];
+
+        // Σ over the lanes, one output element at a time (`fma(p, 1, acc)` is `acc + p`).
+        let per_weight = dw.dims.iter().product::<usize>();
+        let e = kb.var(per_weight);
+        let l = kb.var(lanes_len);
+        let flat = dw_lanes.view(vec![per_weight, lanes_len]);
+        let sum = Contraction {
+            rows: None,
+            lanes: e,
+            reductions: vec![l],
+            init: cst(0.0),
+            a: flat.load(&[ix(e), ix(l)]),
+            b: cst(1.0),
+            out: dw.view(vec![per_weight]),
+            at: vec![ix(e)],
+        };
+        top.push(kb.contraction(sum, |acc| acc));
+
+        if let Some(db) = db {
+            let db_lanes = self.t.scratch.get("db_lanes");
+            let (c, n, l) = (
+                kb.var(conv.out_channels),
+                kb.var(dims.batch),
+                kb.var(lanes_len),
+            );
+            let other = kb.vars(&dims.out_spatial[..last]);
+            let at = [vec![ix(n), ix(c)], ixs(&other), vec![ix(l)]].concat();
+            let columns = Contraction {
+                rows: Some((c, true)),
+                lanes: l,
+                reductions: [vec![n], other].concat(),
+                init: cst(0.0),
+                a: dy_pre.load(&at),
+                b: cst(1.0),
+                out: db_lanes.clone(),
+                at: vec![ix(c), ix(l)],
+            };
+            top.push(kb.contraction(columns, |acc| acc));
+            let (c, l) = (kb.var(conv.out_channels), kb.var(lanes_len));
+            let sum = Contraction {
+                rows: None,
+                lanes: c,
+                reductions: vec![l],
+                init: cst(0.0),
+                a: db_lanes.load(&[ix(c), ix(l)]),
+                b: cst(1.0),
+                out: db.clone(),
+                at: vec![ix(c)],
+            };
+            top.push(kb.contraction(sum, |acc| acc));
+        }
+        kb.finish(top)
     }
 
     /// `db[co] = Σ_{n, o} dy_t[n, o, co]` (`fma(dy, 1, acc)` is exactly `acc + dy`), lanes over

@@ -125,7 +125,17 @@ pub fn scratch(
             [packed, vec![dims.out_per_group]].concat(),
         ));
     }
-    if has_gradient {
+    if has_gradient && gradient::weight_position_lanes(conv, &dims) {
+        let last = dims.out_spatial[dims.last()];
+        specs.push(spec("dy_pre", y.dims.clone()));
+        let dw = [
+            vec![conv.out_channels, dims.in_per_group],
+            conv.kernel.clone(),
+        ]
+        .concat();
+        specs.push(spec("dw_lanes", [dw, vec![last]].concat()));
+        specs.push(spec("db_lanes", vec![conv.out_channels, last]));
+    } else if has_gradient {
         let dy_t = [vec![dims.batch], dims.out_spatial.clone()].concat();
         specs.push(spec("dy_t", [dy_t, vec![conv.out_channels]].concat()));
     }
@@ -261,13 +271,21 @@ pub fn backward(
         dy,
         epilogue,
     };
-    let dy_t = t.scratch.get("dy_t");
-    let mut kernels = vec![copy::transpose(
-        format!("{name}.transpose_dy"),
-        dy,
-        dy_t,
-        &|at| gradient.pre_activation(at),
-    )];
+    let mut kernels = vec![match gradient::weight_position_lanes(conv, &dims) {
+        true => copy::shifted_copy(
+            format!("{name}.activation_grad"),
+            dy,
+            t.scratch.get("dy_pre"),
+            &vec![0; dims.out_spatial.len()],
+            &|at| gradient.pre_activation(at),
+        ),
+        false => copy::transpose(
+            format!("{name}.transpose_dy"),
+            dy,
+            t.scratch.get("dy_t"),
+            &|at| gradient.pre_activation(at),
+        ),
+    }];
     if let Some(dx) = dx {
         kernels.extend(gradient.input(name, dx));
     }
@@ -276,8 +294,7 @@ pub fn backward(
     // shares the scratch meanwhile), for a copy that costs ~0.5% of LeNet's step.
     let (fill, source) = padded_input(name, "backward_pad_input", t, &dims);
     kernels.extend(fill);
-    kernels.push(gradient.weight(name, &source, dweight));
-    kernels.extend(dbias.map(|db| gradient.bias(name, db)));
+    kernels.extend(gradient.weight_and_bias(name, &source, dweight, dbias));
     kernels
 }
 
