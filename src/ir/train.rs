@@ -27,6 +27,7 @@ pub fn train_config(settings: &[Setting], scope: &Scope) -> diag::Result<TrainCo
     let mut seen: Vec<(&str, Span)> = Vec::new();
     // Where `min_lr` was written, checked against the learning rate once every key is read.
     let mut min_lr_at: Option<Span> = None;
+    let mut optimizer_at: Option<Span> = None;
     for setting in settings {
         let key = setting.key.name.as_str();
         if let Some((_, first)) = seen.iter().find(|(k, _)| *k == key) {
@@ -54,7 +55,10 @@ pub fn train_config(settings: &[Setting], scope: &Scope) -> diag::Result<TrainCo
                     )
                 })?;
             }
-            "optimizer" => config.optimizer = optimizer(&value, span, scope)?,
+            "optimizer" => {
+                config.optimizer = optimizer(&value, span, scope)?;
+                optimizer_at = Some(span);
+            }
             "loss" => {
                 config.loss = choose(
                     &value,
@@ -87,7 +91,12 @@ pub fn train_config(settings: &[Setting], scope: &Scope) -> diag::Result<TrainCo
         }
     }
     if let (Some(at), Err(message)) = (min_lr_at, check_schedule(&config)) {
-        return Err(bad(at, message, "not below the learning rate"));
+        let d = Diagnostic::error(Code::BadTrainSetting, message)
+            .label(at, "not below the learning rate");
+        return Err(vec![match optimizer_at {
+            Some(optimizer) => d.label(optimizer, "the learning rate is set here"),
+            None => d.note("the default optimizer is sgd(lr=0.1)"),
+        }]);
     }
     Ok(config)
 }
