@@ -35,7 +35,7 @@ fn scratch(name: &str) -> PathBuf {
 #[test]
 fn edge_learns_the_kernel() {
     let graph = model("models/edge.cnn");
-    let config = train::settings(graph.train.as_ref(), &Overrides::default());
+    let config = train::settings(graph.train.as_ref(), &Overrides::default()).expect("valid");
     let splits = data::load(&config.data, &root().join("models"), &graph, config.loss, 0)
         .expect("edge.npz loads");
     let run = Run {
@@ -75,7 +75,7 @@ fn lenet_loss_falls_in_one_epoch_on_the_mnist_sample() {
         batch: Some(32),
         ..Overrides::default()
     };
-    let config = train::settings(graph.train.as_ref(), &overrides);
+    let config = train::settings(graph.train.as_ref(), &overrides).expect("valid settings");
     let splits = data::load(&config.data, root(), &graph, config.loss, 0).expect("sample loads");
     let run = Run {
         graph: &graph,
@@ -126,29 +126,36 @@ fn log_without_times(path: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The small network of the resume tests: the synthetic data of the seed (2×8×8 inputs, 512
+/// samples in batches of 24: a partial last batch) and Adam (whose state must survive the
+/// resume) keep them fast.
+const SMALL: &str = "network small {
+    input [2, 8, 8]
+    conv 4 kernel=3 padding=1; batchnorm; relu
+    maxpool kernel=2
+    flatten; dropout 0.25; dense 10
+    train { data = synthetic; batch = 24; optimizer = adam(lr=0.01); seed = 3 }
+}";
+
+fn bits(params: &[Vec<f32>]) -> Vec<Vec<u32>> {
+    params
+        .iter()
+        .map(|p| p.iter().map(|v| v.to_bits()).collect())
+        .collect()
+}
+
 /// 2 epochs, then `--resume` up to 3, equals 3 epochs in one go: the same weights bit for
-/// bit and the same third log line; and the same seed and threads give the same log. The
-/// synthetic data of the seed (2×8×8 inputs, 512 samples in batches of 24: a partial last batch)
-/// and Adam (whose state must survive the resume) keep it fast.
-#[test]
-fn resume_equals_an_uninterrupted_run_and_logs_are_reproducible() {
-    let dir = scratch("resume");
+/// bit and the same third log line; and the same seed and threads give the same log. `extra`
+/// flags go to every run. Returns the uninterrupted run's log.
+fn resume_equals_uninterrupted(name: &str, extra: &[&str]) -> Vec<serde_json::Value> {
+    let dir = scratch(name);
     let file = dir.join("small.cnn");
-    std::fs::write(
-        &file,
-        "network small {
-            input [2, 8, 8]
-            conv 4 kernel=3 padding=1; batchnorm; relu
-            maxpool kernel=2
-            flatten; dropout 0.25; dense 10
-            train { data = synthetic; batch = 24; optimizer = adam(lr=0.01); seed = 3 }
-        }",
-    )
-    .unwrap();
+    std::fs::write(&file, SMALL).unwrap();
     let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
-    let run = |extra: &[&str], save: &str, log: &str| {
+    let run = |epochs: &[&str], save: &str, log: &str| {
         let mut args = vec!["run", file.to_str().unwrap(), "--threads", "2"];
         args.extend(["--save", save, "--log", log]);
+        args.extend(epochs);
         args.extend(extra);
         let out = cnnc(&args);
         assert_eq!(
@@ -178,12 +185,6 @@ fn resume_equals_an_uninterrupted_run_and_logs_are_reproducible() {
     let whole_ck = checkpoint::load(Path::new(&whole), &graph).unwrap();
     let part_ck = checkpoint::load(Path::new(&part), &graph).unwrap();
     assert_eq!(whole_ck.progress.map(|p| p.epochs_done), Some(3));
-    let bits = |params: &[Vec<f32>]| -> Vec<Vec<u32>> {
-        params
-            .iter()
-            .map(|p| p.iter().map(|v| v.to_bits()).collect())
-            .collect()
-    };
     assert_eq!(bits(&whole_ck.params), bits(&part_ck.params));
     assert_eq!(whole_ck.optimizer, part_ck.optimizer);
     assert_eq!(whole_ck.progress, part_ck.progress);
@@ -197,6 +198,87 @@ fn resume_equals_an_uninterrupted_run_and_logs_are_reproducible() {
     let mut resumed = log_without_times(Path::new(&path("first.jsonl")));
     resumed.extend(log_without_times(Path::new(&path("rest.jsonl"))));
     assert_eq!(whole_log, resumed);
+    let _ = std::fs::remove_dir_all(&dir);
+    whole_log
+}
+
+#[test]
+fn resume_equals_an_uninterrupted_run_and_logs_are_reproducible() {
+    let log = resume_equals_uninterrupted("resume", &[]);
+    let rates: Vec<_> = log.iter().map(|l| l["lr"].as_f64()).collect();
+    assert_eq!(rates, [Some(0.01); 3]);
+}
+
+/// The same with a step schedule that halves the rate every epoch: the resumed run continues
+/// with the third epoch's rate.
+#[test]
+fn a_resumed_run_continues_the_step_schedule() {
+    let log =
+        resume_equals_uninterrupted("resume-step", &["--schedule", "step(every=1, gamma=0.5)"]);
+    let rates: Vec<_> = log.iter().map(|l| l["lr"].as_f64()).collect();
+    assert_eq!(rates, [Some(0.01), Some(0.005), Some(0.0025)]);
+}
+
+/// A cosine schedule spans the run's `--epochs`, so its interrupted run is one stopped (as by
+/// Ctrl-C) after epoch 2 of 3; resumed, it ends where the uninterrupted run does, bit for bit,
+/// with the same last record (rate included).
+#[test]
+fn an_interrupted_run_continues_the_cosine_schedule() {
+    let dir = scratch("resume-cosine");
+    let file = dir.join("small.cnn");
+    std::fs::write(&file, SMALL).unwrap();
+    let graph = cnnc::load_file(&file, &mut SourceMap::default())
+        .unwrap()
+        .remove(0);
+    let overrides = Overrides {
+        epochs: Some(3),
+        schedule: Some(cnnc::ir::Schedule::Cosine { min_lr: 0.001 }),
+        ..Overrides::default()
+    };
+    let config = train::settings(graph.train.as_ref(), &overrides).expect("valid settings");
+    let splits = data::load(&config.data, &dir, &graph, config.loss, config.seed).unwrap();
+    let run_to = |save: &Path, start: Start, stop_after: Option<usize>| {
+        let run = Run {
+            graph: &graph,
+            config: config.clone(),
+            threads: 2,
+            save: Some(save.to_path_buf()),
+        };
+        let stop = AtomicBool::new(false);
+        train::train(&run, &splits, start, &stop, &mut |event| {
+            if let Event::EpochEnd(record) = event {
+                if Some(record.epoch) == stop_after {
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        })
+        .expect("trains")
+    };
+    let (whole, part) = (dir.join("whole.safetensors"), dir.join("part.safetensors"));
+    let uninterrupted = run_to(&whole, Start::Fresh, None);
+    let stopped = run_to(&part, Start::Fresh, Some(2));
+    assert_eq!(
+        (stopped.ending, stopped.epochs_done),
+        (train::Ending::Interrupted { epoch: 3, batch: 1 }, 2)
+    );
+    let resumed = run_to(
+        &part,
+        Start::Resume(checkpoint::load(&part, &graph).unwrap()),
+        None,
+    );
+    assert_eq!(bits(&uninterrupted.params), bits(&resumed.params));
+    let without_times = |r: &cnnc::runtime::report::EpochRecord| {
+        (r.epoch, r.train_loss, r.train_acc, r.test_acc, r.lr)
+    };
+    let rates: Vec<f64> = uninterrupted.records.iter().map(|r| r.lr).collect();
+    // lr 0.01 down to 0.001 over T = 3: 0.01, then 0.001 + 0.009·(1 + cos(π/3))/2, ...
+    assert_eq!(rates[0], 0.01);
+    assert!((rates[1] - 0.00775).abs() < 1e-12 && (rates[2] - 0.00325).abs() < 1e-12);
+    assert_eq!(resumed.records.len(), 1);
+    assert_eq!(
+        without_times(&resumed.records[0]),
+        without_times(&uninterrupted.records[2])
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

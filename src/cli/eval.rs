@@ -56,7 +56,8 @@ fn eval(args: &EvalArgs, sources: &mut SourceMap) -> Result<String, String> {
         batch: args.batch,
         ..Overrides::default()
     };
-    let config = train::settings(graph.train.as_ref(), &overrides);
+    let config =
+        train::settings(graph.train.as_ref(), &overrides).map_err(|e| format!("error: {e}\n"))?;
     let threads = setup_threads(args.threads);
     let error = |e: &dyn std::fmt::Display| format!("error: {e}\n");
     let base_dir = args.file.parent().unwrap_or(std::path::Path::new("."));

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use clap::{Args, ValueEnum};
 use indicatif::ProgressBar;
 
-use crate::ir::{DataSource, Graph};
+use crate::ir::{DataSource, Graph, Schedule};
 use crate::runtime::checkpoint;
 use crate::runtime::data;
 use crate::runtime::report::{self, EpochRecord};
@@ -38,6 +38,16 @@ pub struct RunArgs {
     lr: Option<f32>,
     #[arg(long, value_enum)]
     optimizer: Option<OptimizerArg>,
+    /// SGD's momentum.
+    #[arg(long)]
+    momentum: Option<f32>,
+    /// L2 weight decay (SGD and Adam).
+    #[arg(long)]
+    weight_decay: Option<f32>,
+    /// Learning-rate schedule, as the `schedule` key: constant, "step(every=N, gamma=G)",
+    /// cosine or "cosine(min_lr=X)".
+    #[arg(long, value_name = "SCHEDULE")]
+    schedule: Option<String>,
     #[arg(long)]
     seed: Option<u64>,
     /// Threads for the kernels (default: every core).
@@ -124,8 +134,21 @@ pub fn main(args: &RunArgs, sources: &mut SourceMap) -> i32 {
     }
 }
 
+/// `--schedule TEXT`, read as the value of the `schedule` key (same parser, same checks, same
+/// diagnostics, shown against the flag's text).
+pub fn schedule_flag(text: &str, sources: &mut SourceMap) -> Result<Schedule, String> {
+    let file = sources.add("--schedule", None, text.to_string());
+    crate::syntax::parser::parse_setting_value(file, text)
+        .and_then(|expr| crate::ir::train::schedule_value(&expr))
+        .map_err(|d| super::render::diagnostics(sources, &d))
+}
+
 fn run(args: &RunArgs, sources: &mut SourceMap) -> Result<i32, String> {
     let graph = load_network(&args.file, args.network.as_deref(), sources)?;
+    let schedule = match &args.schedule {
+        Some(text) => Some(schedule_flag(text, sources)?),
+        None => None,
+    };
     let overrides = Overrides {
         data: args.data.as_deref().map(data_source),
         epochs: args.epochs,
@@ -135,9 +158,13 @@ fn run(args: &RunArgs, sources: &mut SourceMap) -> Result<i32, String> {
             OptimizerArg::Sgd => OptimizerKind::Sgd,
             OptimizerArg::Adam => OptimizerKind::Adam,
         }),
+        momentum: args.momentum,
+        weight_decay: args.weight_decay,
+        schedule,
         seed: args.seed,
     };
-    let config = train::settings(graph.train.as_ref(), &overrides);
+    let config =
+        train::settings(graph.train.as_ref(), &overrides).map_err(|e| format!("error: {e}\n"))?;
     let threads = setup_threads(args.threads);
     let base_dir = args.file.parent().unwrap_or(Path::new("."));
     let splits = data::load(&config.data, base_dir, &graph, config.loss, config.seed)
@@ -178,6 +205,9 @@ fn run(args: &RunArgs, sources: &mut SourceMap) -> Result<i32, String> {
         config.batch,
         threads
     );
+    if config.schedule != Schedule::Constant {
+        println!("learning rate schedule: {}", config.schedule);
+    }
     let epochs = config.epochs;
     let run = Run {
         graph: &graph,

@@ -350,6 +350,23 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Default [`Init::PyTorch`]; `init = xavier` is d2l's `init_cnn` (an extension).
     pub init: Init,
+    /// Default [`Schedule::Constant`]; an extension, like `init`.
+    pub schedule: Schedule,
+}
+
+/// How the learning rate changes from epoch to epoch (`schedule = ...` in `train`, an
+/// extension of LANGUAGE.md): `torch.optim.lr_scheduler`, stepped once per epoch.
+/// `runtime::schedule` computes the rates.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Schedule {
+    /// The optimiser's `lr` in every epoch.
+    Constant,
+    /// `StepLR(step_size=every, gamma=gamma)`: the rate is multiplied by `gamma` after every
+    /// `every` epochs.
+    Step { every: usize, gamma: f32 },
+    /// `CosineAnnealingLR(T_max=epochs, eta_min=min_lr)`: from `lr` down towards `min_lr` on
+    /// half a cosine over the run's epochs.
+    Cosine { min_lr: f32 },
 }
 
 /// How `cnnc init` and a fresh training run initialise weights (biases and batchnorm are
@@ -376,6 +393,7 @@ impl Default for TrainConfig {
             loss: Loss::CrossEntropy,
             seed: 0,
             init: Init::PyTorch,
+            schedule: Schedule::Constant,
         }
     }
 }

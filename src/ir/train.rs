@@ -1,17 +1,17 @@
 //! The `train { .. }` section → a validated [`TrainConfig`]. Keys: `data`, `epochs`, `batch`,
-//! `optimizer`, `loss`, `seed`, `init`; every one optional, with the defaults of
+//! `optimizer`, `loss`, `seed`, and the extensions `init` and `schedule`; every one optional, with the defaults of
 //! [`TrainConfig::default`]. [`TrainConfig`]'s `Display` writes the section back in `.cnn`
 //! syntax with every setting resolved (the IR dump prints it).
 
 use super::eval::{eval, expect_int, Scope, Value};
 use std::fmt;
 
-use super::{DataSource, Init, Loss, Optimizer, TrainConfig};
+use super::{DataSource, Init, Loss, Optimizer, Schedule, TrainConfig};
 use crate::diag::{self, did_you_mean, Code, Diagnostic};
 use crate::span::Span;
-use crate::syntax::ast::Setting;
+use crate::syntax::ast::{Expr, Setting};
 
-const KEYS: [&str; 7] = [
+const KEYS: [&str; 8] = [
     "data",
     "epochs",
     "batch",
@@ -19,11 +19,15 @@ const KEYS: [&str; 7] = [
     "loss",
     "seed",
     "init",
+    "schedule",
 ];
 
 pub fn train_config(settings: &[Setting], scope: &Scope) -> diag::Result<TrainConfig> {
     let mut config = TrainConfig::default();
     let mut seen: Vec<(&str, Span)> = Vec::new();
+    // Where `min_lr` was written, checked against the learning rate once every key is read.
+    let mut min_lr_at: Option<Span> = None;
+    let mut optimizer_at: Option<Span> = None;
     for setting in settings {
         let key = setting.key.name.as_str();
         if let Some((_, first)) = seen.iter().find(|(k, _)| *k == key) {
@@ -51,7 +55,10 @@ pub fn train_config(settings: &[Setting], scope: &Scope) -> diag::Result<TrainCo
                     )
                 })?;
             }
-            "optimizer" => config.optimizer = optimizer(&value, span, scope)?,
+            "optimizer" => {
+                config.optimizer = optimizer(&value, span, scope)?;
+                optimizer_at = Some(span);
+            }
             "loss" => {
                 config.loss = choose(
                     &value,
@@ -68,6 +75,7 @@ pub fn train_config(settings: &[Setting], scope: &Scope) -> diag::Result<TrainCo
                     &[("default", Init::PyTorch), ("xavier", Init::Xavier)],
                 )?
             }
+            "schedule" => (config.schedule, min_lr_at) = schedule(&value, span, scope)?,
             _ => {
                 let d = Diagnostic::error(
                     Code::BadTrainSetting,
@@ -82,7 +90,43 @@ pub fn train_config(settings: &[Setting], scope: &Scope) -> diag::Result<TrainCo
             }
         }
     }
+    if let (Some(at), Err(message)) = (min_lr_at, check_schedule(&config)) {
+        let d = Diagnostic::error(Code::BadTrainSetting, message)
+            .label(at, "not below the learning rate");
+        return Err(vec![match optimizer_at {
+            Some(optimizer) => d.label(optimizer, "the learning rate is set here"),
+            None => d.note("the default optimizer is sgd(lr=0.1)"),
+        }]);
+    }
     Ok(config)
+}
+
+/// The learning rate the optimiser starts from.
+pub fn base_lr(optimizer: &Optimizer) -> f32 {
+    match optimizer {
+        Optimizer::Sgd { lr, .. } | Optimizer::Adam { lr, .. } => *lr,
+    }
+}
+
+/// What the schedule needs of the rest of the configuration: a cosine's `min_lr` below the
+/// optimiser's `lr`. Checked again after the command-line flags are applied.
+pub fn check_schedule(config: &TrainConfig) -> Result<(), String> {
+    let lr = base_lr(&config.optimizer);
+    match config.schedule {
+        Schedule::Cosine { min_lr } if min_lr >= lr => Err(format!(
+            "`min_lr` of the cosine schedule must be below the learning rate {lr:?}, found {min_lr:?}"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A `schedule` value written outside a `train` section (`cnnc run --schedule TEXT`): the
+/// same rules and diagnostics as the key, with no `let` names in scope. `min_lr` is checked
+/// against the learning rate by the caller ([`check_schedule`]), once the flags are applied.
+pub fn schedule_value(expr: &Expr) -> diag::Result<Schedule> {
+    let scope = Scope::new();
+    let value = eval(expr, &scope)?;
+    Ok(schedule(&value, expr.span, &scope)?.0)
 }
 
 /// The section as `.cnn` source, defaults written out, one setting a line. Floats use Rust's
@@ -126,7 +170,19 @@ impl fmt::Display for TrainConfig {
         writeln!(f, "    loss = {loss}")?;
         writeln!(f, "    seed = {}", self.seed)?;
         writeln!(f, "    init = {init}")?;
+        writeln!(f, "    schedule = {}", self.schedule)?;
         writeln!(f, "}}")
+    }
+}
+
+/// `constant`, `step(every=5, gamma=0.1)` or `cosine(min_lr=0.0)`, every argument written out.
+impl fmt::Display for Schedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Schedule::Constant => f.write_str("constant"),
+            Schedule::Step { every, gamma } => write!(f, "step(every={every}, gamma={gamma:?})"),
+            Schedule::Cosine { min_lr } => write!(f, "cosine(min_lr={min_lr:?})"),
+        }
     }
 }
 
@@ -299,6 +355,97 @@ fn optimizer(value: &Value, span: Span, scope: &Scope) -> diag::Result<Optimizer
     })
 }
 
+/// `constant`, `step(every, gamma=0.1)` or `cosine(min_lr=0)` (`cosine` alone is
+/// `cosine()`), as `torch.optim.lr_scheduler`'s StepLR and CosineAnnealingLR. Also returns
+/// where `min_lr` was written, for the check against the learning rate.
+fn schedule(value: &Value, span: Span, scope: &Scope) -> diag::Result<(Schedule, Option<Span>)> {
+    const NAMES: [&str; 3] = ["constant", "step", "cosine"];
+    let (name, args) = match value {
+        Value::Symbol(name) => (name.as_str(), Vec::new()),
+        Value::Call { name, args } => (name.as_str(), args.clone()),
+        other => {
+            return Err(bad(
+                span,
+                format!(
+                    "`schedule` must be constant, step(every=..) or cosine, not {}",
+                    other.describe()
+                ),
+                "not a schedule",
+            ))
+        }
+    };
+    let (params, positional): (&[&str], usize) = match name {
+        "constant" => (&[], 0),
+        "step" => (&["every", "gamma"], 1),
+        "cosine" => (&["min_lr"], 0),
+        _ => {
+            let d = Diagnostic::error(Code::BadTrainSetting, format!("unknown schedule `{name}`"))
+                .label(span, "not constant, step or cosine")
+                .note("the schedules are constant, step(every=N, gamma=0.1) and cosine(min_lr=0)");
+            return Err(vec![match did_you_mean(name, NAMES) {
+                Some(help) => d.help(help),
+                None => d,
+            }]);
+        }
+    };
+    let callee = format!("schedule `{name}`");
+    let bound = super::args::bind(&callee, params, positional, args)?;
+    let number = |slot: usize| -> diag::Result<Option<(f32, Span)>> {
+        match &bound[slot] {
+            None => Ok(None),
+            Some((Value::Int(i), at)) => Ok(Some((*i as f32, *at))),
+            Some((Value::Float(x), at)) if (*x as f32).is_finite() => Ok(Some((*x as f32, *at))),
+            Some((Value::Float(x), at)) => Err(bad(
+                *at,
+                format!("`{}` must be a finite number, found {x}", params[slot]),
+                "out of range",
+            )),
+            Some((other, at)) => Err(vec![super::eval::not_a_number(other, *at, scope)]),
+        }
+    };
+    Ok(match name {
+        "constant" => (Schedule::Constant, None),
+        "step" => {
+            let Some((every, at)) = &bound[0] else {
+                return Err(super::args::missing(&callee, "every", span));
+            };
+            let n = expect_int(every, *at, scope)?;
+            if n <= 0 {
+                return Err(bad(
+                    *at,
+                    format!("`every` must be a positive number of epochs, found {n}"),
+                    "must be positive",
+                ));
+            }
+            let every = usize::try_from(n)
+                .map_err(|_| bad(*at, "`every` is too large".to_string(), "too large"))?;
+            let gamma = match number(1)? {
+                None => 0.1,
+                Some((g, _)) if g > 0.0 => g,
+                Some((g, at)) => {
+                    return Err(bad(
+                        at,
+                        format!("`gamma` must be positive, found {g}"),
+                        "must be positive",
+                    ))
+                }
+            };
+            (Schedule::Step { every, gamma }, None)
+        }
+        _ => match number(0)? {
+            None => (Schedule::Cosine { min_lr: 0.0 }, None),
+            Some((m, at)) if m >= 0.0 => (Schedule::Cosine { min_lr: m }, Some(at)),
+            Some((m, at)) => {
+                return Err(bad(
+                    at,
+                    format!("`min_lr` must be zero or more, found {m}"),
+                    "negative",
+                ))
+            }
+        },
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use crate::diag::Code;
@@ -346,6 +493,24 @@ mod tests {
         );
         assert_eq!(train("batch = 8; batch = 16"), Err(Code::DuplicateArgument));
         assert_eq!(train("data = imagenet"), Err(Code::BadTrainSetting));
+        assert_eq!(train("schedule = cosin"), Err(Code::BadTrainSetting));
+        assert_eq!(train("schedule = step"), Err(Code::MissingArgument));
+        assert_eq!(
+            train("schedule = step(every=-1)"),
+            Err(Code::BadTrainSetting)
+        );
+        assert_eq!(
+            train("schedule = step(every=2, gamma=0)"),
+            Err(Code::BadTrainSetting)
+        );
+        assert_eq!(
+            train("schedule = cosine(min_lr=0.2)"),
+            Err(Code::BadTrainSetting)
+        );
+        assert_eq!(
+            train("schedule = cosine(floor=0.2)"),
+            Err(Code::UnknownKeyword)
+        );
     }
 
     /// What `Display` writes reads back to the same configuration, for every kind of value.
@@ -355,6 +520,9 @@ mod tests {
             "data = fashion-mnist; optimizer = adam(lr=0.003, betas=(0.8, 0.99), eps=1e-8); init = xavier",
             "data = \"some/folder\"; epochs = 3; batch = 7; loss = mse; seed = 42",
             "data = mnist; optimizer = sgd(lr=0.9, momentum=0.5, weight_decay=0.0001)",
+            "schedule = step(every=5, gamma=0.5)",
+            "optimizer = sgd(lr=0.05); schedule = cosine(min_lr=0.0005)",
+            "schedule = cosine; epochs = 15",
         ];
         for settings in configs {
             let config = train(settings).unwrap();
@@ -368,7 +536,7 @@ mod tests {
         }
         assert_eq!(
             TrainConfig::default().to_string(),
-            "train {\n    data = synthetic\n    epochs = 10\n    batch = 256\n    optimizer = sgd(lr=0.1, momentum=0.0, weight_decay=0.0)\n    loss = cross_entropy\n    seed = 0\n    init = default\n}\n"
+            "train {\n    data = synthetic\n    epochs = 10\n    batch = 256\n    optimizer = sgd(lr=0.1, momentum=0.0, weight_decay=0.0)\n    loss = cross_entropy\n    seed = 0\n    init = default\n    schedule = constant\n}\n"
         );
     }
 }

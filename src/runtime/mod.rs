@@ -26,6 +26,7 @@ pub mod eval;
 pub mod init;
 pub mod optim;
 pub mod report;
+pub mod schedule;
 pub mod tensors;
 pub mod train;
 

@@ -83,6 +83,9 @@ pub struct Optimizer {
     state: OptimizerState,
     /// Which entries of `Graph::params` are trained (running statistics are not).
     trainable: Vec<bool>,
+    /// The learning rate of the current epoch, a Python float as `group["lr"]`: the
+    /// config's `lr` as written until [`Optimizer::set_lr`] (a schedule) changes it.
+    lr: f64,
 }
 
 /// Why a saved optimiser state cannot continue this run.
@@ -103,7 +106,18 @@ impl Optimizer {
             config: config.clone(),
             state: OptimizerState::new(config, params),
             trainable: params.iter().map(|p| p.kind.trainable()).collect(),
+            lr: as_written(crate::ir::train::base_lr(config)),
         }
+    }
+
+    /// Sets the learning rate for the next steps, as a scheduler sets `group["lr"]`.
+    pub fn set_lr(&mut self, lr: f64) {
+        self.lr = lr;
+    }
+
+    /// The learning rate of the next step.
+    pub fn lr(&self) -> f64 {
+        self.lr
     }
 
     pub fn config(&self) -> &ir::Optimizer {
@@ -152,25 +166,26 @@ impl Optimizer {
             match (&self.config, &mut self.state) {
                 (
                     &ir::Optimizer::Sgd {
-                        lr,
                         momentum,
                         weight_decay,
+                        ..
                     },
                     OptimizerState::Sgd { momentum_buffers },
                 ) => sgd(
                     param,
                     grad,
                     &mut momentum_buffers[i],
-                    lr,
+                    // PyTorch's `add_(b, alpha=-lr)` rounds the float to the tensor's f32.
+                    self.lr as f32,
                     momentum,
                     weight_decay,
                 ),
                 (
                     &ir::Optimizer::Adam {
-                        lr,
                         betas,
                         eps,
                         weight_decay,
+                        ..
                     },
                     OptimizerState::Adam {
                         step,
@@ -183,7 +198,7 @@ impl Optimizer {
                     &mut exp_avg[i],
                     &mut exp_avg_sq[i],
                     *step,
-                    lr,
+                    self.lr,
                     betas,
                     eps,
                     weight_decay,
@@ -233,14 +248,13 @@ pub fn sgd(
     }
 }
 
-/// The decimal the user wrote, as the Python float PyTorch would hold: `.cnn` values arrive
-/// as f32, and `1 − β` computed in f32 from `0.999f32` is off by 1.3e-5 relative from
-/// PyTorch's `1 − 0.999` in f64. The shortest decimal that rounds to the f32 is that number.
-fn as_written(value: f32) -> f64 {
-    value.to_string().parse().unwrap_or(f64::from(value))
-}
+// The decimal the user wrote, as the Python float PyTorch would hold: `.cnn` values arrive
+// as f32, and `1 − β` computed in f32 from `0.999f32` is off by 1.3e-5 relative from
+// PyTorch's `1 − 0.999` in f64. The shortest decimal that rounds to the f32 is that number.
+use super::schedule::as_written;
 
-/// One `torch.optim.Adam` step on one parameter; `step` is `t` after incrementing (≥ 1).
+/// One `torch.optim.Adam` step on one parameter; `step` is `t` after incrementing (≥ 1);
+/// `lr` is the Python float of `group["lr"]`.
 /// Scalars are formed in f64 and rounded to f32 once, and each tensor operation is rounded
 /// in PyTorch's order (`lerp_`, `mul_().addcmul_()`, `sqrt() / c + eps`, `addcdiv_`).
 #[allow(clippy::too_many_arguments)] // PyTorch's own signature: state, step and four hyper-parameters
@@ -250,14 +264,14 @@ pub fn adam(
     exp_avg: &mut [f32],
     exp_avg_sq: &mut [f32],
     step: u64,
-    lr: f32,
+    lr: f64,
     (beta1, beta2): (f32, f32),
     eps: f32,
     weight_decay: f32,
 ) {
     let t = step as f64;
     let (beta1, beta2) = (as_written(beta1), as_written(beta2));
-    let step_size = (as_written(lr) / (1.0 - beta1.powf(t))) as f32;
+    let step_size = (lr / (1.0 - beta1.powf(t))) as f32;
     let bias_correction2_sqrt = (1.0 - beta2.powf(t)).sqrt() as f32;
     // lerp with weight < 0.5 is `m + w·(g − m)` in PyTorch's kernel.
     let lerp_weight = (1.0 - beta1) as f32;

@@ -19,6 +19,8 @@ pub struct EpochRecord {
     pub train_acc: Option<f64>,
     /// `None` without a test set or without classes.
     pub test_acc: Option<f64>,
+    /// The learning rate of the epoch (from the schedule).
+    pub lr: f64,
     pub seconds: f64,
     pub images_per_second: f64,
 }
@@ -42,7 +44,8 @@ pub fn progress_message(running_loss: f64, images_per_second: f64) -> String {
     format!("loss {running_loss:.4}, {images_per_second:.0} img/s")
 }
 
-/// `epoch 3/10: loss 0.4690, train acc 0.823, test acc 0.779, 2.3 s, 26041 img/s`.
+/// `epoch 3/10: loss 0.4690, train acc 0.823, test acc 0.779, lr 0.05000, 2.3 s, 26041 img/s`
+/// (the rate to 4 significant digits).
 pub fn epoch_line(record: &EpochRecord, epochs: usize) -> String {
     let mut line = format!(
         "epoch {}/{epochs}: loss {:.4}",
@@ -56,10 +59,21 @@ pub fn epoch_line(record: &EpochRecord, epochs: usize) -> String {
     }
     let _ = write!(
         line,
-        ", {:.1} s, {:.0} img/s",
-        record.seconds, record.images_per_second
+        ", lr {}, {:.1} s, {:.0} img/s",
+        significant(record.lr, 4),
+        record.seconds,
+        record.images_per_second
     );
     line
+}
+
+/// `x` with `digits` significant digits in plain notation (`0.0500`, `0.000545`).
+fn significant(x: f64, digits: i32) -> String {
+    if x == 0.0 || !x.is_finite() {
+        return format!("{x}");
+    }
+    let decimals = (digits - 1 - x.abs().log10().floor() as i32).max(0);
+    format!("{x:.*}", decimals as usize)
 }
 
 /// One `--log` line (JSON, no trailing newline). Missing accuracies and a non-finite loss are
@@ -70,6 +84,7 @@ pub fn log_line(record: &EpochRecord) -> String {
         "train_loss": record.train_loss,
         "train_acc": record.train_acc,
         "test_acc": record.test_acc,
+        "lr": record.lr,
         "seconds": record.seconds,
         "images_per_second": record.images_per_second,
     })
@@ -252,6 +267,7 @@ mod tests {
             train_loss: loss,
             train_acc: Some(0.8),
             test_acc,
+            lr: 0.05,
             seconds: 2.345,
             images_per_second: 25600.4,
         }
@@ -261,7 +277,7 @@ mod tests {
     fn epoch_line_like_d2l() {
         assert_eq!(
             epoch_line(&record(3, 0.469, Some(0.779)), 10),
-            "epoch 3/10: loss 0.4690, train acc 0.800, test acc 0.779, 2.3 s, 25600 img/s"
+            "epoch 3/10: loss 0.4690, train acc 0.800, test acc 0.779, lr 0.05000, 2.3 s, 25600 img/s"
         );
         let mse = EpochRecord {
             train_acc: None,
@@ -269,12 +285,15 @@ mod tests {
         };
         assert_eq!(
             epoch_line(&mse, 1),
-            "epoch 1/1: loss 0.2500, 2.3 s, 25600 img/s"
+            "epoch 1/1: loss 0.2500, lr 0.05000, 2.3 s, 25600 img/s"
         );
+        assert_eq!(significant(0.000545369, 4), "0.0005454");
+        assert_eq!(significant(0.1, 4), "0.1000");
+        assert_eq!(significant(0.0, 4), "0");
     }
 
     #[test]
-    fn log_line_has_the_six_keys_and_nulls() {
+    fn log_line_has_the_seven_keys_and_nulls() {
         let value: serde_json::Value =
             serde_json::from_str(&log_line(&record(2, 0.5, None))).expect("json");
         assert_eq!(value["epoch"], 2);
@@ -283,7 +302,8 @@ mod tests {
         assert!(value["test_acc"].is_null());
         assert_eq!(value["seconds"], 2.345);
         assert_eq!(value["images_per_second"], 25600.4);
-        assert_eq!(value.as_object().map(|o| o.len()), Some(6));
+        assert_eq!(value["lr"], 0.05);
+        assert_eq!(value.as_object().map(|o| o.len()), Some(7));
         let nan: serde_json::Value =
             serde_json::from_str(&log_line(&record(1, f64::NAN, None))).expect("json");
         assert!(nan["train_loss"].is_null());

@@ -1,6 +1,7 @@
 //! The training loop of `cnnc run`, as d2l's `train_ch6`: per epoch, shuffled minibatches
 //! (the last, partial one kept), a training step and an optimiser step per batch, then the
-//! test accuracy in inference mode.
+//! test accuracy in inference mode. The learning rate of each epoch comes from the
+//! configuration's schedule ([`crate::runtime::schedule`]).
 //!
 //! A run is a function of its settings and `(seed, step)`: the sample order of epoch `e` is
 //! drawn from [`Stream::Shuffle`] and the dropout masks of step `s` from [`Stream::Dropout`],
@@ -17,7 +18,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use crate::ir::{DataSource, Graph, Optimizer as OptimizerConfig, TrainConfig};
+use crate::ir::train::check_schedule;
+use crate::ir::{DataSource, Graph, Optimizer as OptimizerConfig, Schedule, TrainConfig};
 use crate::runtime::checkpoint::{self, Checkpoint, CheckpointError, Progress};
 use crate::runtime::data::{epoch_order, Batch, Dataset, Labels, Splits};
 use crate::runtime::engine::{EngineError, Truth};
@@ -26,6 +28,7 @@ use crate::runtime::eval::{argmax, evaluate, Evaluation};
 use crate::runtime::init::initialize;
 use crate::runtime::optim::Optimizer;
 use crate::runtime::report::EpochRecord;
+use crate::runtime::schedule::lr_at;
 use crate::runtime::{rng, Stream};
 
 /// Which optimiser `--optimizer` asks for; its other hyper-parameters are PyTorch's defaults.
@@ -43,14 +46,23 @@ pub struct Overrides {
     pub batch: Option<usize>,
     pub lr: Option<f32>,
     pub optimizer: Option<OptimizerKind>,
+    /// SGD's momentum (an error with Adam).
+    pub momentum: Option<f32>,
+    pub weight_decay: Option<f32>,
+    pub schedule: Option<Schedule>,
     pub seed: Option<u64>,
 }
 
 /// The network's `train` section (or the defaults) with `overrides` applied. An optimiser of
 /// another kind than the section's starts from PyTorch's defaults (SGD without momentum,
 /// Adam's betas and eps); `lr` then replaces the learning rate, which for SGD has no PyTorch
-/// default and is taken from the section (or 0.1).
-pub fn settings(section: Option<&TrainConfig>, overrides: &Overrides) -> TrainConfig {
+/// default and is taken from the section (or 0.1); `momentum` and `weight_decay` replace
+/// theirs. The values the flags bring are checked as the section's are (an error names the
+/// flag), and so is the schedule against the resulting learning rate.
+pub fn settings(
+    section: Option<&TrainConfig>,
+    overrides: &Overrides,
+) -> Result<TrainConfig, String> {
     let mut config = section.cloned().unwrap_or_default();
     if let Some(data) = &overrides.data {
         config.data = data.clone();
@@ -63,6 +75,9 @@ pub fn settings(section: Option<&TrainConfig>, overrides: &Overrides) -> TrainCo
     }
     if let Some(seed) = overrides.seed {
         config.seed = seed;
+    }
+    if let Some(schedule) = overrides.schedule {
+        config.schedule = schedule;
     }
     let section_lr = match config.optimizer {
         OptimizerConfig::Sgd { lr, .. } | OptimizerConfig::Adam { lr, .. } => lr,
@@ -81,12 +96,42 @@ pub fn settings(section: Option<&TrainConfig>, overrides: &Overrides) -> TrainCo
         },
         (_, same) => same,
     };
+    let check = |flag: &str, value: f32, ok: bool, range: &str| match value.is_finite() && ok {
+        true => Ok(value),
+        false => Err(format!("--{flag} must be {range}, found {value}")),
+    };
     if let Some(new_lr) = overrides.lr {
+        let new_lr = check("lr", new_lr, new_lr > 0.0, "positive")?;
         match &mut config.optimizer {
             OptimizerConfig::Sgd { lr, .. } | OptimizerConfig::Adam { lr, .. } => *lr = new_lr,
         }
     }
-    config
+    if let Some(new_momentum) = overrides.momentum {
+        let new_momentum = check(
+            "momentum",
+            new_momentum,
+            (0.0..1.0).contains(&new_momentum),
+            "at least 0 and below 1",
+        )?;
+        match &mut config.optimizer {
+            OptimizerConfig::Sgd { momentum, .. } => *momentum = new_momentum,
+            OptimizerConfig::Adam { .. } => {
+                return Err(
+                    "--momentum is a setting of sgd; this run uses adam (its betas play that part)"
+                        .to_string(),
+                )
+            }
+        }
+    }
+    if let Some(new_decay) = overrides.weight_decay {
+        let new_decay = check("weight-decay", new_decay, new_decay >= 0.0, "zero or more")?;
+        match &mut config.optimizer {
+            OptimizerConfig::Sgd { weight_decay, .. }
+            | OptimizerConfig::Adam { weight_decay, .. } => *weight_decay = new_decay,
+        }
+    }
+    check_schedule(&config)?;
+    Ok(config)
 }
 
 /// Where a run starts.
@@ -270,6 +315,13 @@ pub fn train(
             epoch: epoch + 1,
             batches,
         });
+        let lr = lr_at(
+            &config.schedule,
+            crate::ir::train::base_lr(&config.optimizer),
+            config.epochs,
+            epoch,
+        );
+        optimizer.set_lr(lr);
         let started = Instant::now();
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0u64, 0usize);
         for (index, chunk) in order.chunks(batch).enumerate() {
@@ -326,6 +378,7 @@ pub fn train(
                 Labels::Targets { .. } => None,
             },
             test_acc,
+            lr,
             seconds,
             images_per_second: seen as f64 / seconds.max(1e-9),
         };

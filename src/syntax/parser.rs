@@ -31,6 +31,19 @@ pub fn parse(file: FileId, text: &str) -> diag::Result<File> {
     Ok(File { items })
 }
 
+/// Parses the value of a `train` setting on its own (`cosine(min_lr=0.001)`), as a command-line
+/// flag gives it; `file` is the flag's text in the `SourceMap`.
+pub fn parse_setting_value(file: FileId, text: &str) -> diag::Result<Expr> {
+    check_nesting(file, text)?;
+    let mut pairs = CnnParser::parse(Rule::setting_value, text)
+        .map_err(|e| vec![syntax_error(file, text, &e)])?;
+    let value = pairs
+        .next()
+        .and_then(|p| p.into_inner().next())
+        .expect("grammar: a setting value");
+    Ok(Walker { file }.setting_value(value))
+}
+
 struct Walker {
     file: FileId,
 }
@@ -45,6 +58,17 @@ impl Walker {
         Ident {
             name: pair.as_str().to_string(),
             span: self.span(&pair),
+        }
+    }
+
+    /// A dashed name (`fashion-mnist`) or an expression.
+    fn setting_value(&self, value: Pair<Rule>) -> Expr {
+        match value.as_rule() {
+            Rule::dashed_name => Expr {
+                span: self.span(&value),
+                kind: ExprKind::Name(value.as_str().to_string()),
+            },
+            _ => self.expr(value),
         }
     }
 
@@ -147,14 +171,10 @@ impl Walker {
                         let mut parts = s.into_inner();
                         let key = self.ident(parts.next().expect("grammar: setting key"));
                         let value = parts.next().expect("grammar: setting value");
-                        let value = match value.as_rule() {
-                            Rule::dashed_name => Expr {
-                                span: self.span(&value),
-                                kind: ExprKind::Name(value.as_str().to_string()),
-                            },
-                            _ => self.expr(value),
-                        };
-                        Setting { key, value }
+                        Setting {
+                            key,
+                            value: self.setting_value(value),
+                        }
                     })
                     .collect(),
             },
