@@ -298,6 +298,39 @@ mod tests {
         assert_eq!(iterations_are_disjoint(&reversed), Ok(()));
     }
 
+    /// The pooling kernels (unrolled windows and looped padded ones) split over the batch.
+    #[test]
+    fn pooling_kernels_are_disjoint_over_the_batch() {
+        use crate::ir::{Pool, PoolKind};
+        use crate::lower::builder::Tensor;
+        use crate::lower::pool;
+        for (kernel, stride, padding) in [(2, 2, 0), (3, 1, 0), (3, 2, 1)] {
+            for kind in [PoolKind::Max, PoolKind::Avg] {
+                let p = Pool {
+                    kind,
+                    kernel: vec![kernel; 2],
+                    stride: vec![stride; 2],
+                    padding: vec![padding; 2],
+                };
+                let side = (9 + 2 * padding - kernel) / stride + 1;
+                let x = Tensor::new(BufId(0), vec![3, 2, 9, 9]);
+                let y = Tensor::new(BufId(1), vec![3, 2, side, side]);
+                let dy = Tensor::new(BufId(2), y.dims.clone());
+                let dx = Tensor::new(BufId(3), x.dims.clone());
+                for k in [
+                    pool::forward("p", &p, &x, &y),
+                    pool::backward("p", &p, &x, &y, &dy, &dx),
+                ] {
+                    let [Stmt::Loop(top)] = k.body.as_slice() else {
+                        panic!("{}: one top-level loop", k.name)
+                    };
+                    assert!(top.parallel);
+                    assert_eq!(iterations_are_disjoint(top), Ok(()), "{p:?}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn overlapping_or_shared_writes_are_not() {
         // y[v] and y[v + 1]: iteration v writes what v + 1 also writes.

@@ -7,9 +7,15 @@
 //!   assigns is assigned before the body reads it (else it would carry a value from the
 //!   previous iteration, as a reduction does) and becomes one `f32x4`, whose last lane it
 //!   holds after the loop; other locals are invariant in the loop and become splats;
-//! - every store's index has coefficient 1 on the loop variable (four contiguous elements);
-//! - every buffer the body writes is written and read at one and the same index, so no
-//!   iteration reads or overwrites another iteration's element (no loop-carried dependence);
+//! - every store's index has a nonzero coefficient on the loop variable: 1 (four contiguous
+//!   elements, `store.f32x4`) or another stride (a scatter: `extractlane` and four scalar
+//!   stores, in lane order);
+//! - a buffer the body writes is read only at the indices it is written at, and those indices
+//!   touch no element in two different iterations (they have the same coefficients, and
+//!   offsets that differ by no multiple `m·c` of the loop variable's coefficient `c` with
+//!   `0 < |m| < extent`; one index, as `y[i] = f(y[i])`, trivially), so no iteration reads or
+//!   overwrites another iteration's element (no loop-carried dependence), and the order in
+//!   which lanes store cannot matter (a pooling backward writes `dx[2i]` and `dx[2i + 1]`);
 //!   other loads have any coefficient: 0 (one element, splat), 1 (`load.f32x4`) or another
 //!   stride, negative included (a gather: four scalar loads and `insertlane`, which still
 //!   vectorises the arithmetic around them);
@@ -36,6 +42,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use cranelift_codegen::ir::{types, Endianness, InstBuilder, MemFlagsData, Value};
 
+use super::blocked::coefficients;
 use super::translate::{float_cc, Translator};
 use crate::lower::loops::{BufId, Cond, Expr, Index, Local, Loop, Stmt, UnOp, Var};
 
@@ -46,13 +53,18 @@ const LANES: i64 = 4;
 /// module doc for the rules.
 pub(super) fn is_vectorizable(lp: &Loop) -> bool {
     let var = lp.var;
-    let mut written: BTreeMap<BufId, &Index> = BTreeMap::new();
+    let mut written: BTreeMap<BufId, Vec<&Index>> = BTreeMap::new();
     let mut assigned_in_body = BTreeSet::new();
     for stmt in &lp.body {
         match stmt {
             Stmt::Store(buf, index, _) | Stmt::Accumulate(buf, index, _) => {
-                if coefficient(index, var) != 1 || *written.entry(*buf).or_insert(index) != index {
+                let indices = written.entry(*buf).or_default();
+                let apart = |other: &&Index| no_two_iterations_meet(index, other, var, lp.extent);
+                if coefficient(index, var) == 0 || !indices.iter().all(apart) {
                     return false;
+                }
+                if !indices.contains(&index) {
+                    indices.push(index);
                 }
             }
             Stmt::Let(local, _) => {
@@ -81,8 +93,8 @@ pub(super) fn is_vectorizable(lp: &Loop) -> bool {
 /// What an expression of the body of a loop over `var` may read.
 struct Legality<'l> {
     var: Var,
-    /// The one index at which the body writes each buffer it writes.
-    written: BTreeMap<BufId, &'l Index>,
+    /// The indices at which the body writes each buffer it writes.
+    written: BTreeMap<BufId, Vec<&'l Index>>,
     /// The locals the body assigns (each iteration its own value: one per lane).
     assigned_in_body: BTreeSet<Local>,
     /// Those assigned by the statements before the current one. A local the body assigns but
@@ -99,7 +111,7 @@ impl Legality<'_> {
                 !self.assigned_in_body.contains(local) || self.assigned_so_far.contains(local)
             }
             Expr::Load(buf, index) => match self.written.get(buf) {
-                Some(store_index) => *store_index == index,
+                Some(indices) => indices.contains(&index),
                 None => true,
             },
             Expr::IndexValue(_) => true,
@@ -119,6 +131,21 @@ impl Legality<'_> {
             Cond::And(a, b) => self.cond(a) && self.cond(b),
         }
     }
+}
+
+/// Whether no element is reached through `a` in one iteration of a loop over `var` in
+/// `0..extent` and through `b` in another: the same nonzero coefficients, and offsets `d` apart
+/// with `d` not `m·c` for the coefficient `c` of `var` and `0 < |m| < extent`.
+fn no_two_iterations_meet(a: &Index, b: &Index, var: Var, extent: usize) -> bool {
+    let coeffs = coefficients(a);
+    let Some(&c) = coeffs.get(&var) else {
+        return false;
+    };
+    if coeffs != coefficients(b) {
+        return false;
+    }
+    let d = b.offset - a.offset;
+    d == 0 || d % c != 0 || (d / c).unsigned_abs() >= extent as u64
 }
 
 /// The coefficient of `var` in `index` (terms may name a variable more than once).
@@ -173,14 +200,14 @@ impl Translator<'_> {
         match stmt {
             Stmt::Store(buf, index, value) => {
                 let value = self.translate_vector_expr(var, lanes, value);
-                self.translate_vector_store(*buf, index, value);
+                self.translate_vector_store(var, *buf, index, value);
             }
             Stmt::Accumulate(buf, index, value) => {
                 // As the scalar form: the value first, then the old element, then the sum.
                 let value = self.translate_vector_expr(var, lanes, value);
-                let old = self.translate_vector_load(*buf, index);
+                let old = self.translate_vector_expr(var, lanes, &Expr::Load(*buf, index.clone()));
                 let sum = self.builder.ins().fadd(old, value);
-                self.translate_vector_store(*buf, index, sum);
+                self.translate_vector_store(var, *buf, index, sum);
             }
             Stmt::Let(local, value) => {
                 let value = self.translate_vector_expr(var, lanes, value);
@@ -309,11 +336,30 @@ impl Translator<'_> {
         lanes.expect("a vector has lanes")
     }
 
-    fn translate_vector_store(&mut self, buf: BufId, index: &Index, value: Value) {
+    /// Stores the four lanes of `value` at `index` for iterations `var .. var+4`: one vector
+    /// store when they are contiguous, else one scalar store per lane, in lane order.
+    fn translate_vector_store(&mut self, var: Var, buf: BufId, index: &Index, value: Value) {
         let (address, offset) = self.translate_address(buf, index);
-        self.builder
-            .ins()
-            .store(vector_flags(), value, address, offset);
+        let stride = coefficient(index, var);
+        if stride == 1 {
+            self.builder
+                .ins()
+                .store(vector_flags(), value, address, offset);
+            return;
+        }
+        let f32_bytes = i64::from(types::F32.bytes());
+        for lane in 0..LANES {
+            let lane_offset =
+                i64::from(offset).wrapping_add(lane.wrapping_mul(stride).wrapping_mul(f32_bytes));
+            let (lane_address, lane_offset) = match i32::try_from(lane_offset) {
+                Ok(lane_offset) => (address, lane_offset),
+                Err(_) => (self.builder.ins().iadd_imm_s(address, lane_offset), 0),
+            };
+            let scalar = self.builder.ins().extractlane(value, lane as u8);
+            self.builder
+                .ins()
+                .store(MemFlagsData::trusted(), scalar, lane_address, lane_offset);
+        }
     }
 }
 
@@ -358,9 +404,12 @@ mod tests {
             index(&[(0, 2), (0, -1)], 0),
             x(&[], 3)
         )));
-        // A strided store is refused; strided and reversed loads of a buffer the loop does not
-        // write are gathered lane by lane.
-        assert!(!is_vectorizable(&store(index(&[(0, 2)], 0), x(&[], 0))));
+        // A strided store is scattered lane by lane, but a store to one element from every
+        // iteration is refused; strided and reversed loads of a buffer the loop does not write
+        // are gathered lane by lane.
+        assert!(is_vectorizable(&store(index(&[(0, 2)], 0), x(&[], 0))));
+        assert!(is_vectorizable(&store(index(&[(0, -3)], 30), x(&[], 0))));
+        assert!(!is_vectorizable(&store(index(&[], 0), x(&[(0, 1)], 0))));
         assert!(is_vectorizable(&store(
             index(&[(0, 1)], 0),
             x(&[(0, 2)], 0)
@@ -386,6 +435,23 @@ mod tests {
             ],
         ));
         assert!(!is_vectorizable(&two_writes));
+        // Two indices that no two iterations share (a pooling backward's `dx[2i]`, `dx[2i + 1]`,
+        // `dx[2i + 16]` over 8 iterations), each read only where it is written: accepted; an
+        // offset that is a multiple of the stride within the loop's range, or a read at an index
+        // not written, is refused.
+        let writes = |offsets: &[i64], read: i64| {
+            let body = offsets.iter().map(|&offset| {
+                let old = Expr::Load(BufId(2), index(&[(0, 2)], read + offset));
+                let value = Expr::Binary(BinOp::Add, Box::new(old), load(0, &[(0, 1)], 0));
+                Stmt::Store(BufId(2), index(&[(0, 2)], offset), value)
+            });
+            inner(lp(0, 8, false, body.collect()))
+        };
+        assert!(is_vectorizable(&writes(&[0, 1], 0)));
+        assert!(is_vectorizable(&writes(&[0, 1, 16, 17], 0)));
+        assert!(!is_vectorizable(&writes(&[0, 2], 0)));
+        assert!(!is_vectorizable(&writes(&[0, 14], 0)));
+        assert!(!is_vectorizable(&writes(&[0, 1], 2)));
         // exp and ln have lane-wise forms.
         let exp = Expr::Unary(UnOp::Exp, load(0, &[(0, 1)], 0));
         assert!(is_vectorizable(&store(index(&[(0, 1)], 0), exp)));
@@ -554,6 +620,58 @@ mod tests {
                         assert_eq!(bits(&vector), bits(&scalar), "n = {n}: {expr:?}");
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn scattered_stores_agree_bitwise_with_scalar_code_and_the_interpreter() {
+        // for i in 0..n { l0 = x[i]; y[2i] += l0; y[2i + 1] = x[i] > 0 ? y[2i + 1] + l0 : y[2i + 1];
+        //                 z[27 - 3i] = -l0 }: a pooling backward's shape, and a reversed stride.
+        for n in 0..=9 {
+            let y_at = |offset| index(&[(0, 2)], offset);
+            let old = || Box::new(Expr::Load(BufId(1), y_at(1)));
+            let positive = Cond::Cmp(CmpOp::Gt, load(0, &[(0, 1)], 0), Box::new(Expr::Const(0.)));
+            let l0 = || Box::new(Expr::Local(Local(0)));
+            let body = vec![
+                Stmt::Let(Local(0), *load(0, &[(0, 1)], 0)),
+                Stmt::Accumulate(BufId(1), y_at(0), Expr::Local(Local(0))),
+                Stmt::Store(
+                    BufId(1),
+                    y_at(1),
+                    Expr::Select(
+                        Box::new(positive),
+                        Box::new(Expr::Binary(BinOp::Add, old(), l0())),
+                        old(),
+                    ),
+                ),
+                Stmt::Store(
+                    BufId(2),
+                    index(&[(0, -3)], 27),
+                    Expr::Unary(UnOp::Neg, l0()),
+                ),
+            ];
+            let kernel = kernel(1, 1, vec![lp(0, n, false, body)]);
+            let Stmt::Loop(inner_loop) = &kernel.body[0] else {
+                unreachable!()
+            };
+            assert!(is_vectorizable(inner_loop));
+            let mut bufs = Buffers::new(&[9, 20, 28]);
+            let mut rng = Rng(n as u64 + 11);
+            for b in 0..3 {
+                for v in bufs.get_mut(BufId(b)) {
+                    *v = rng.value();
+                }
+            }
+            let (vector, scalar) = both_ways(&kernel, &bufs, 1);
+            assert_eq!(bits(&vector), bits(&scalar), "n = {n}");
+            let mut expected: Vec<Vec<f32>> = (0..3).map(|b| bufs.get(BufId(b)).to_vec()).collect();
+            interp::run(&kernel, &mut expected).expect("interpreter runs");
+            for (b, want) in expected.iter().enumerate() {
+                assert!(
+                    same(vector.get(BufId(b as u32)), want),
+                    "n = {n}, buffer {b}"
+                );
             }
         }
     }

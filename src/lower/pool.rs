@@ -6,6 +6,18 @@
 //! locals (strict `>` keeps the first). Average pooling divides by the whole window size,
 //! padding included (`count_include_pad=True`); with floor mode and padding at most half the
 //! kernel, no window reaches past the padding, so that size is `ΠK` for every window.
+//!
+//! Without padding (no window needs a bounds guard) and with at most [`MAX_UNROLLED`] window
+//! positions, the window is unrolled: the loops run over the output positions only, the last
+//! output axis innermost, and the body is straight-line code over the window's positions,
+//! which the JIT vectorises along that axis (`jit/vector.rs`: loads `stride` apart are
+//! gathered, and the backward's stores scattered). The unrolled bodies compute every element
+//! with the operations of the looped form in the same order (`0 + x₀ + x₁ …`, `max(−∞, x₀) …`,
+//! the same selects for the first maximum, each `dx` element's contributions in the same
+//! order), so the results are bitwise those of the looped form, which stays for padded
+//! windows. The backward's stores vectorise only where no two outputs of a vector share an
+//! input element (the stride covers the window along the last axis, `jit/vector.rs` checks
+//! it); overlapping windows run the unrolled body one output at a time, in the looped order.
 
 use super::builder::{
     cmp, cst, ix, ixs, local, select, set, window_offset, window_positions, KernelBuilder, Tensor,
@@ -13,7 +25,12 @@ use super::builder::{
 use super::loops::{CmpOp, Expr, Index, Kernel, Stmt, Var};
 use crate::ir::{Pool, PoolKind};
 
-/// The loop variables of one pooling kernel: `n, c, *o, *k`, and the window guards.
+/// The most window positions an unrolled body covers (`3×3×3` fits); larger windows keep
+/// their loops.
+pub const MAX_UNROLLED: usize = 32;
+
+/// The loop variables of one pooling kernel: `n, c, *o`, and for the looped form `*k` and the
+/// window guards.
 struct Window {
     n: Var,
     c: Var,
@@ -46,8 +63,34 @@ impl Window {
         }
     }
 
+    /// The variables of the unrolled form: no window loops, no guards.
+    fn unrolled(kb: &mut KernelBuilder, x: &Tensor, y: &Tensor) -> Window {
+        let n = kb.var(x.dims[0]);
+        let c = kb.var(x.dims[1]);
+        let out = kb.vars(&y.dims[2..]);
+        Window {
+            n,
+            c,
+            out,
+            k: Vec::new(),
+            positions: Vec::new(),
+            bounds: Vec::new(),
+        }
+    }
+
     fn x_at(&self) -> Vec<Index> {
         [vec![ix(self.n), ix(self.c)], self.positions.clone()].concat()
+    }
+
+    /// The element of `x` at window position `cell` (one coordinate per spatial axis) of the
+    /// output at `o`, for an unpadded pooling.
+    fn x_at_cell(&self, pool: &Pool, cell: &[usize]) -> Vec<Index> {
+        let spatial =
+            (0..self.out.len()).map(|d| ix(self.out[d]) * pool.stride[d] as i64 + cell[d] as i64);
+        [ix(self.n), ix(self.c)]
+            .into_iter()
+            .chain(spatial)
+            .collect()
     }
 
     fn y_at(&self) -> Vec<Index> {
@@ -61,9 +104,73 @@ impl Window {
     }
 }
 
+/// The window positions of `pool` in row-major order, when its windows are unrolled: no
+/// padding, every window inside `x` (so no guard), at most [`MAX_UNROLLED`] positions and at
+/// least one spatial axis.
+fn unrolled_cells(pool: &Pool, x: &Tensor, y: &Tensor) -> Option<Vec<Vec<usize>>> {
+    let size: usize = pool.kernel.iter().product();
+    let inside = (0..pool.kernel.len()).all(|d| {
+        let out = y.dims[2 + d];
+        pool.padding[d] == 0
+            && (out == 0 || (out - 1) * pool.stride[d] + pool.kernel[d] <= x.dims[2 + d])
+    });
+    if !inside || size > MAX_UNROLLED || pool.kernel.is_empty() {
+        return None;
+    }
+    let cells = (0..size)
+        .map(|mut linear| {
+            let mut cell = vec![0; pool.kernel.len()];
+            for d in (0..pool.kernel.len()).rev() {
+                cell[d] = linear % pool.kernel[d];
+                linear /= pool.kernel[d];
+            }
+            cell
+        })
+        .collect();
+    Some(cells)
+}
+
 /// `y[n, c, o]` = max or mean of the window of `x` at `o`, parallel over the batch.
 pub fn forward(name: &str, pool: &Pool, x: &Tensor, y: &Tensor) -> Kernel {
+    forward_kernel(name, pool, x, y, Form::Unrolled)
+}
+
+/// Whether a kernel unrolls its windows where it can ([`unrolled_cells`]) or keeps every
+/// window's loops (what tests compare the unrolled form with).
+#[derive(Clone, Copy, PartialEq)]
+enum Form {
+    Unrolled,
+    /// What the unit tests compare the unrolled kernels with.
+    #[cfg(test)]
+    Looped,
+}
+
+fn forward_kernel(name: &str, pool: &Pool, x: &Tensor, y: &Tensor, form: Form) -> Kernel {
     let mut kb = KernelBuilder::new(format!("{name}.forward"));
+    let cells = (form == Form::Unrolled)
+        .then(|| unrolled_cells(pool, x, y))
+        .flatten();
+    if let Some(cells) = cells {
+        let w = Window::unrolled(&mut kb, x, y);
+        // The looped form's `acc = start; acc = step(acc, x)…; finish(acc)`, as one expression.
+        let start = match pool.kind {
+            PoolKind::Max => cst(f32::NEG_INFINITY),
+            PoolKind::Avg => cst(0.0),
+        };
+        let sum = cells.iter().fold(start, |acc, cell| {
+            let value = x.load(&w.x_at_cell(pool, cell));
+            match pool.kind {
+                PoolKind::Max => super::builder::max(acc, value),
+                PoolKind::Avg => acc + value,
+            }
+        });
+        let finish = match pool.kind {
+            PoolKind::Max => sum,
+            PoolKind::Avg => sum / cst(cells.len() as f32),
+        };
+        let top = w.around_outputs(&kb, vec![y.store(&w.y_at(), finish)]);
+        return kb.finish(vec![top]);
+    }
     let w = Window::new(&mut kb, pool, x, y);
     let acc = kb.local();
     let value = x.load(&w.x_at());
@@ -99,7 +206,35 @@ pub fn backward(
     dy: &Tensor,
     dx: &Tensor,
 ) -> Kernel {
+    backward_kernel(name, pool, [x, y, dy, dx], Form::Unrolled)
+}
+
+fn backward_kernel(name: &str, pool: &Pool, tensors: [&Tensor; 4], form: Form) -> Kernel {
+    let [x, y, dy, dx] = tensors;
     let mut kb = KernelBuilder::new(format!("{name}.backward_input"));
+    let cells = (form == Form::Unrolled)
+        .then(|| unrolled_cells(pool, x, y))
+        .flatten();
+    if let Some(cells) = cells {
+        let w = Window::unrolled(&mut kb, x, y);
+        let per_output = match pool.kind {
+            PoolKind::Max => unrolled_max_backward(&mut kb, pool, &w, &cells, x, dy, dx),
+            PoolKind::Avg => {
+                // `dy / ΠK` once per output: the value the looped form adds at each position.
+                let share = kb.local();
+                let size = cst(cells.len() as f32);
+                let spread = cells
+                    .iter()
+                    .map(|cell| dx.accumulate(&w.x_at_cell(pool, cell), local(share)));
+                [set(share, dy.load(&w.y_at()) / size)]
+                    .into_iter()
+                    .chain(spread)
+                    .collect()
+            }
+        };
+        let top = w.around_outputs(&kb, per_output);
+        return kb.finish(vec![top]);
+    }
     let w = Window::new(&mut kb, pool, x, y);
     let gradient = dy.load(&w.y_at());
     let per_output = match pool.kind {
@@ -137,6 +272,44 @@ pub fn backward(
     };
     let top = w.around_outputs(&kb, per_output);
     kb.finish(vec![top])
+}
+
+/// The looped max backward with its window unrolled: the same selects find the first maximum
+/// (its row-major offset in the window), then every position `p` stores
+/// `p == first ? dx + dy : dx`, which is the looped form's `if p == first { dx += dy }` as
+/// straight-line code (a select, which the JIT vectorises, where an `If` would not be).
+fn unrolled_max_backward(
+    kb: &mut KernelBuilder,
+    pool: &Pool,
+    w: &Window,
+    cells: &[Vec<usize>],
+    x: &Tensor,
+    dy: &Tensor,
+    dx: &Tensor,
+) -> Vec<Stmt> {
+    let (best, first_best, value) = (kb.local(), kb.local(), kb.local());
+    let better = || cmp(CmpOp::Gt, local(value), local(best));
+    let mut body = vec![
+        set(best, cst(f32::NEG_INFINITY)),
+        set(first_best, cst(-1.0)),
+    ];
+    for (offset, cell) in cells.iter().enumerate() {
+        body.extend([
+            set(value, x.load(&w.x_at_cell(pool, cell))),
+            set(
+                first_best,
+                select(better(), cst(offset as f32), local(first_best)),
+            ),
+            set(best, select(better(), local(value), local(best))),
+        ]);
+    }
+    for (offset, cell) in cells.iter().enumerate() {
+        let at = w.x_at_cell(pool, cell);
+        let is_first = cmp(CmpOp::Eq, cst(offset as f32), local(first_best));
+        let sent = dx.load(&at) + dy.load(&w.y_at());
+        body.push(dx.store(&at, select(is_first, sent, dx.load(&at))));
+    }
+    body
 }
 
 /// `y[n, c] = mean_p x[n, c, p]` over all spatial positions, parallel over the batch.
@@ -244,6 +417,88 @@ mod tests {
         let mut bufs = vec![X.to_vec(), vec![0.; 4], vec![4.; 4], vec![0.; 9]];
         run(&backward("p", &pool, &x, &y, &dy, &dx), &mut bufs).unwrap();
         assert_eq!(bufs[3], vec![1., 2., 1., 2., 4., 2., 1., 2., 1.]);
+    }
+
+    /// The unrolled kernels compute bitwise what the looped ones do, on inputs with ties,
+    /// signed zeros and infinities, for 1-D to 3-D windows that overlap or not; padded windows
+    /// are not unrolled.
+    #[test]
+    fn unrolled_windows_are_bitwise_the_looped_form() {
+        let axes: [&[(usize, usize, usize)]; 7] = [
+            &[(2, 2, 9)],
+            &[(3, 1, 8)],
+            &[(2, 3, 11)],
+            &[(2, 2, 6), (2, 2, 7)],
+            &[(3, 2, 7), (2, 1, 5)],
+            &[(2, 2, 4), (1, 1, 3), (3, 3, 9)],
+            &[(4, 4, 8), (4, 4, 8)],
+        ];
+        let specials = [0.0, -0.0, 1.0, -1.0, 2.5, f32::INFINITY, f32::NEG_INFINITY];
+        let mut state = 7u64;
+        for (case, axes) in axes.iter().enumerate() {
+            for kind in [PoolKind::Max, PoolKind::Avg] {
+                let pool = Pool {
+                    kind,
+                    kernel: axes.iter().map(|a| a.0).collect(),
+                    stride: axes.iter().map(|a| a.1).collect(),
+                    padding: vec![0; axes.len()],
+                };
+                let out = axes.iter().map(|&(k, s, i)| (i - k) / s + 1);
+                let x_dims = [vec![2, 2], axes.iter().map(|a| a.2).collect()].concat();
+                let y_dims = [vec![2, 2], out.collect()].concat();
+                let x = Tensor::new(BufId(0), x_dims);
+                let y = Tensor::new(BufId(1), y_dims.clone());
+                let dy = Tensor::new(BufId(2), y_dims);
+                let dx = Tensor::new(BufId(3), x.dims.clone());
+                let mut random = |len: usize| -> Vec<f32> {
+                    (0..len)
+                        .map(|_| {
+                            state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+                            specials[(state >> 33) as usize % specials.len()]
+                        })
+                        .collect()
+                };
+                let mut bufs = vec![
+                    random(x.numel()),
+                    random(y.numel()),
+                    random(dy.numel()),
+                    random(dx.numel()),
+                ];
+                // Max pooling inputs are never NaN (`lower::loops`), nor is an average of
+                // finite values: keep infinities out of the average's input.
+                if kind == PoolKind::Avg {
+                    bufs[0].iter_mut().for_each(|v| *v = v.clamp(-3.0, 3.0));
+                }
+                let unrolled = [
+                    forward_kernel("p", &pool, &x, &y, Form::Unrolled),
+                    backward_kernel("p", &pool, [&x, &y, &dy, &dx], Form::Unrolled),
+                ];
+                let looped = [
+                    forward_kernel("p", &pool, &x, &y, Form::Looped),
+                    backward_kernel("p", &pool, [&x, &y, &dy, &dx], Form::Looped),
+                ];
+                assert_ne!(unrolled, looped, "case {case} was not unrolled");
+                let mut runs = [bufs.clone(), bufs];
+                for (kernels, bufs) in [unrolled, looped].iter().zip(&mut runs) {
+                    for kernel in kernels {
+                        run(kernel, bufs).unwrap();
+                    }
+                }
+                let bits = |b: &Vec<Vec<f32>>| -> Vec<Vec<u32>> {
+                    b.iter()
+                        .map(|v| v.iter().map(|f| f.to_bits()).collect())
+                        .collect()
+                };
+                assert_eq!(bits(&runs[0]), bits(&runs[1]), "case {case}, {kind:?}");
+            }
+        }
+        let padded = pool2d(PoolKind::Avg, 2, 2, 1);
+        let x = Tensor::new(BufId(0), vec![1, 1, 4, 4]);
+        let y = Tensor::new(BufId(1), vec![1, 1, 3, 3]);
+        assert_eq!(
+            forward("p", &padded, &x, &y),
+            forward_kernel("p", &padded, &x, &y, Form::Looped)
+        );
     }
 
     #[test]
