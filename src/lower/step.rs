@@ -79,7 +79,8 @@ pub struct Plan {
     /// The kernels whose results depend only on parameters (weight packing: see
     /// [`parameter_kernels`]), in index order. Their results stay valid until a parameter
     /// changes, so the runtime may skip them in `infer` while none has, provided their outputs
-    /// keep their memory between runs (`memory::layout` sees to that).
+    /// keep their memory between runs (`memory::layout` holds them there when its budget
+    /// allows; `memory::kept_over` is the check).
     pub derived: Vec<usize>,
     /// The buffer of each node's value, by node index (aliases share).
     values: Vec<BufId>,

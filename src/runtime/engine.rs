@@ -13,8 +13,9 @@
 //! writes parameters ([`Engine::set_params`], [`Engine::update`], and a training step, whose
 //! forward pass updates batchnorm running statistics and which may reuse the packed copies'
 //! memory once it has read them) marks them stale, and running one in inference clears its
-//! mark. Training runs them in every step (so once per step, after the update). Their outputs keep their memory over inference
-//! (`lower::memory`), so a skipped kernel's results are still there.
+//! mark. Training runs them in every step (so once per step, after the update). Only a kernel
+//! whose outputs keep their memory over inference (`lower::memory::kept_over`: the memory plan
+//! holds them there when its budget allows) is ever skipped, so its results are still there.
 //!
 //! The engine lowers the graph after `passes::fuse` (same nodes, names and parameters, so
 //! nothing outside it can tell), unless built with [`Fusion::Off`] to measure the difference.
@@ -112,6 +113,9 @@ pub struct Engine {
     truth: BufId,
     /// By kernel index: whether it computes only from parameters (`Plan::derived`).
     derived: Vec<bool>,
+    /// By kernel index: a derived kernel whose outputs keep their memory over inference
+    /// (`memory::kept_over`), which inference may therefore skip.
+    skippable: Vec<bool>,
     /// By kernel index: whether a derived kernel's outputs may be out of date (a parameter may
     /// have been written, or its memory reused, since it last ran). Starts all true.
     stale: Vec<bool>,
@@ -172,10 +176,6 @@ impl Engine {
             Loss::Mse => role(BufferRole::Target),
         };
         let output = role(BufferRole::Value(graph.output));
-        let mut derived = vec![false; plan.kernels.len()];
-        for &k in &plan.derived {
-            derived[k] = true;
-        }
         let writes_params = plan
             .kernels
             .iter()
@@ -194,6 +194,20 @@ impl Engine {
             Memory::Planned => memory::layout(&plan, &[output]),
             Memory::Unshared => unshared.clone(),
         };
+        // A derived kernel may be skipped in inference when its outputs keep their memory
+        // from one inference to the next.
+        let mut derived = vec![false; plan.kernels.len()];
+        let mut skippable = vec![false; plan.kernels.len()];
+        for &k in &plan.derived {
+            derived[k] = true;
+            let mut kept = true;
+            visit_uses(&plan.kernels[k].body, &mut |item| {
+                if let Use::Store(b) | Use::Accumulate(b) = item {
+                    kept &= memory::kept_over(&layout, &plan.kernels, &plan.infer, b);
+                }
+            });
+            skippable[k] = kept;
+        }
         Ok(Engine {
             input: role(BufferRole::Input),
             output,
@@ -206,6 +220,7 @@ impl Engine {
             unshared_bytes: unshared.bytes(),
             stale: vec![true; plan.kernels.len()],
             derived,
+            skippable,
             writes_params,
             derived_runs: 0,
             plan,
@@ -359,7 +374,7 @@ impl Engine {
         };
         for &k in kernels {
             if self.derived[k] {
-                if matches!(schedule, Schedule::Infer) && !self.stale[k] {
+                if matches!(schedule, Schedule::Infer) && self.skippable[k] && !self.stale[k] {
                     continue;
                 }
                 self.derived_runs += 1;
@@ -600,6 +615,9 @@ mod tests {
             packers >= 4,
             "conv2 and the dense layers pack weights: {packers}"
         );
+        // LeNet's packed weights fit in its arena's budget: every one is kept over inference.
+        assert!((0..engine.derived.len())
+            .all(|k| engine.skippable[k] == engine.derived[k] || !engine.plan.infer.contains(&k)));
 
         engine.set_params(&first).unwrap();
         let a = bits(engine.infer(&input).unwrap());
