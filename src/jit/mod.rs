@@ -11,9 +11,12 @@
 //!    (so `fma` becomes `vfmadd` where the CPU has FMA) and `cranelift-jit` maps the code.
 //!
 //! [`Compiled::run`] checks the buffer table against the lengths compiled for, then runs the
-//! pieces of a kernel in order. A parallel piece's range is split into `threads` contiguous
-//! parts run on rayon's global pool (built once by rayon; the CLI sizes it with
-//! `rayon::ThreadPoolBuilder::build_global` and `--threads`). A parallel loop is split only
+//! pieces of a kernel in order. A parallel piece's range is split into up to `threads`
+//! contiguous parts run on rayon's global pool (built once by rayon; the CLI sizes it with
+//! `rayon::ThreadPoolBuilder::build_global` and `--threads`): as many as give each part at
+//! least [`MIN_WORK_PER_PART`] of the piece's work, estimated at compile time from its loop
+//! nest (`pieces::work`), so that a tiny piece runs in one part instead of paying for a
+//! dispatch it cannot win back (see [`parts`]). A parallel loop is split only
 //! when `disjoint.rs` proves its iterations touch disjoint elements of what they write (no data
 //! race); the lowering keeps every reduction inside one iteration, so results are bitwise
 //! identical for every thread count.
@@ -250,7 +253,22 @@ struct CompiledPiece {
     entry: PieceFn,
     /// `Some(extent)` for a top-level parallel loop, which may be split over threads.
     parallel_extent: Option<usize>,
+    /// Estimated work of the whole piece (`pieces::work`), which bounds how many parts it is
+    /// split into.
+    work: u64,
 }
+
+/// The least estimated work (`pieces::work`, scalar operations) worth a part of its own when a
+/// parallel piece is split over threads. Measured on this machine (2 cores shared with other
+/// work, 2026-11-30, `cnnc bench models/lenet.cnn --batch 64 --threads 2 --layers`, each kernel
+/// with every piece split and with none): splitting a tiny piece (`dense3.pack_weight`,
+/// `dense2.zero_grad`) costs about 12 µs over running it on the calling thread, which is what
+/// handing a part to the second thread and waiting for it takes; and generated code runs
+/// 3 (average pooling) to 90 (vectorised dense) estimated operations per ns, 20–40 for the
+/// blocked conv nests. A part must take longer than the dispatch to win it back, so at about
+/// 20 operations per ns it needs some 240,000 operations; below twice that a piece runs whole
+/// on the calling thread.
+pub const MIN_WORK_PER_PART: u64 = 262_144;
 
 /// Choices of how kernels are compiled; [`Compiled::new`] uses the default.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -259,11 +277,29 @@ pub struct CompileOptions {
     /// iterations at a time in `f32x4` (`vector.rs`). The results are bitwise the same either
     /// way; `false` exists to test and measure that.
     pub vectorize: bool,
+    /// The least estimated work a part of a split parallel piece gets ([`MIN_WORK_PER_PART`]
+    /// by default); 0 splits every parallel piece over as many threads as it has iterations,
+    /// which tests use to exercise splitting on small kernels. Results do not depend on it.
+    pub min_work_per_part: u64,
 }
 
 impl Default for CompileOptions {
     fn default() -> CompileOptions {
-        CompileOptions { vectorize: true }
+        CompileOptions {
+            vectorize: true,
+            min_work_per_part: MIN_WORK_PER_PART,
+        }
+    }
+}
+
+impl CompileOptions {
+    /// The defaults, except that every parallel piece is split over as many threads as it has
+    /// iterations, however little work it has: what tests of thread-count independence use.
+    pub fn always_split() -> CompileOptions {
+        CompileOptions {
+            min_work_per_part: 0,
+            ..CompileOptions::default()
+        }
     }
 }
 
@@ -274,6 +310,7 @@ pub struct Compiled {
     kernels: Vec<Vec<CompiledPiece>>,
     buffer_lens: Vec<usize>,
     compile_seconds: f64,
+    min_work_per_part: u64,
 }
 
 // SAFETY: after `new`, `module` is never touched except in `drop` (which has `&mut self`), and
@@ -338,6 +375,7 @@ impl Compiled {
                             Piece::Sequential(_) => None,
                             Piece::Parallel(lp) => Some(lp.extent),
                         },
+                        work: (piece.extent() as u64).saturating_mul(pieces::work(piece.stmts())),
                     })
                     .collect()
             })
@@ -347,12 +385,14 @@ impl Compiled {
             kernels: compiled_kernels,
             buffer_lens: buffer_lens.to_vec(),
             compile_seconds: start.elapsed().as_secs_f64(),
+            min_work_per_part: options.min_work_per_part,
         })
     }
 
     /// Runs kernel `k` over `bufs`, whose lengths must equal those given to `new` (checked).
-    /// Top-level parallel loops are split into `threads` contiguous ranges run concurrently
-    /// (`threads == 0` is taken as 1); the results do not depend on `threads`.
+    /// Top-level parallel loops are split into up to `threads` contiguous ranges run
+    /// concurrently, as many as [`parts`] says (`threads == 0` is taken as 1); the results do
+    /// not depend on `threads`.
     pub fn run(&self, k: usize, bufs: &mut Buffers, threads: usize) -> Result<(), JitError> {
         let pieces = self.kernels.get(k).ok_or(JitError::NoSuchKernel {
             index: k,
@@ -367,7 +407,12 @@ impl Compiled {
                 // Buffers sharing memory are never both used by one kernel (`lower::memory`),
                 // so the kernel's distinct buffers are distinct memory.
                 None => unsafe { (piece.entry)(table.0, 0, 0) },
-                Some(extent) => run_split(piece.entry, table, extent, threads.max(1)),
+                Some(extent) => run_split(
+                    piece.entry,
+                    table,
+                    extent,
+                    parts(threads, extent, piece.work, self.min_work_per_part),
+                ),
             }
         }
         Ok(())
@@ -413,10 +458,20 @@ unsafe impl Send for Table {}
 // SAFETY: as above: the threads only pass the address on to generated code.
 unsafe impl Sync for Table {}
 
-/// Runs `entry` over `0 .. extent` split into `threads` contiguous ranges.
-fn run_split(entry: PieceFn, table: Table, extent: usize, threads: usize) {
-    // At least one part, so that an empty loop is still a well-formed (empty) range.
-    let parts = threads.min(extent).max(1);
+/// How many parts a parallel piece of `extent` iterations and estimated `work` runs in on
+/// `threads` threads: `min(threads, extent, work / min_work_per_part)`, and at least one (so
+/// that an empty loop is still a well-formed, empty range). Every iteration is computed the
+/// same way whatever the split, so this decides speed only, never results.
+fn parts(threads: usize, extent: usize, work: u64, min_work_per_part: u64) -> usize {
+    let worth = match min_work_per_part {
+        0 => usize::MAX,
+        min => usize::try_from(work / min).unwrap_or(usize::MAX),
+    };
+    threads.min(extent).min(worth).max(1)
+}
+
+/// Runs `entry` over `0 .. extent` split into `parts` (at least 1) contiguous ranges.
+fn run_split(entry: PieceFn, table: Table, extent: usize, parts: usize) {
     let range = |part: usize| {
         (
             (extent * part / parts) as i64,
@@ -619,8 +674,12 @@ mod tests {
         let (rows, cols) = (7, 13);
         let x = ramp(rows * cols, 0.77, 0.3);
         let lens = [rows * cols, rows, 1];
-        let compiled =
-            Compiled::new(&[three_piece_kernel(rows, cols)], &lens).expect("kernel compiles");
+        let compiled = Compiled::with_options(
+            &[three_piece_kernel(rows, cols)],
+            &lens,
+            CompileOptions::always_split(),
+        )
+        .expect("kernel compiles");
         let results: Vec<Buffers> = [1, 2, 3, 8]
             .iter()
             .map(|&threads| {
@@ -653,6 +712,40 @@ mod tests {
             (results[0].get(BufId(2))[0] as f64 - expected_total).abs()
                 <= 1e-5 * expected_total.abs()
         );
+    }
+
+    /// The work estimate of a known piece, and the parts it gives: a tiny parallel piece runs
+    /// in one part on any number of threads; a big one is split over every thread (but never
+    /// into more parts than iterations); `always_split` splits whatever the work.
+    #[test]
+    fn a_tiny_parallel_piece_runs_in_one_part() {
+        let compiled =
+            Compiled::new(&[three_piece_kernel(7, 13)], &[91, 7, 1]).expect("kernel compiles");
+        let piece = &compiled.kernels[0][1];
+        assert_eq!(piece.parallel_extent, Some(7));
+        // Per row: 13 × (accumulate 1 + exp 12 + load 1), let 1 + ln 12 + load 1, store 1 + 1.
+        assert_eq!(piece.work, 7 * (13 * 14 + 14 + 2));
+        for threads in [1, 2, 3, 8] {
+            assert_eq!(parts(threads, 7, piece.work, MIN_WORK_PER_PART), 1);
+        }
+        assert_eq!(parts(2, 7, piece.work, 0), 2);
+        assert_eq!(parts(8, 7, piece.work, 0), 7);
+
+        let (rows, cols) = (64, 4096);
+        let big = Compiled::new(&[three_piece_kernel(rows, cols)], &[rows * cols, rows, 1])
+            .expect("kernel compiles");
+        let piece = &big.kernels[0][1];
+        assert!(piece.work >= 8 * MIN_WORK_PER_PART, "{}", piece.work);
+        assert_eq!(parts(1, rows, piece.work, MIN_WORK_PER_PART), 1);
+        assert_eq!(parts(2, rows, piece.work, MIN_WORK_PER_PART), 2);
+        assert_eq!(parts(8, rows, piece.work, MIN_WORK_PER_PART), 8);
+        assert_eq!(parts(8, 3, piece.work, MIN_WORK_PER_PART), 3);
+        // Just enough work for two parts, not three.
+        assert_eq!(
+            parts(3, rows, 2 * MIN_WORK_PER_PART + 1, MIN_WORK_PER_PART),
+            2
+        );
+        assert_eq!(parts(0, 0, 0, MIN_WORK_PER_PART), 1);
     }
 
     #[test]

@@ -15,7 +15,7 @@
 use std::collections::BTreeSet;
 
 use super::{disjoint, JitError};
-use crate::lower::loops::{visit_uses, BufId, Kernel, Local, Loop, Stmt, Use};
+use crate::lower::loops::{visit_uses, BufId, Cond, Expr, Kernel, Local, Loop, Stmt, UnOp, Use};
 
 /// A part of a kernel compiled as one function; see the module doc.
 #[derive(Clone, Copy, Debug)]
@@ -29,6 +29,14 @@ impl Piece<'_> {
         match self {
             Piece::Sequential(stmts) => stmts,
             Piece::Parallel(lp) => &lp.body,
+        }
+    }
+
+    /// Iterations of the piece's body: a parallel loop's extent, 1 for a sequential run.
+    pub(crate) fn extent(&self) -> usize {
+        match self {
+            Piece::Sequential(_) => 1,
+            Piece::Parallel(lp) => lp.extent,
         }
     }
 }
@@ -104,4 +112,47 @@ pub(crate) fn used_locals(stmts: &[Stmt]) -> BTreeSet<Local> {
         }
     });
     found
+}
+
+/// Estimated cost, in scalar operations, of running `stmts` once: what decides whether a
+/// parallel piece is worth splitting over threads ([`super::Compiled::run`]). A loop costs
+/// its extent times its body; an `If` its condition plus its body (as if always taken); a
+/// store, accumulate or `Let` one plus its expression, where every expression node (load,
+/// constant, arithmetic, `fma`, ...) costs one, and `exp` and `ln` [`TRANSCENDENTAL_COST`]
+/// (their polynomials, `math.rs`). Vectorised and blocked code runs up to four of these
+/// operations per instruction; the estimate ignores that, since only its order of magnitude is
+/// compared with [`super::MIN_WORK_PER_PART`], which was measured against it.
+pub(crate) fn work(stmts: &[Stmt]) -> u64 {
+    stmts
+        .iter()
+        .map(|stmt| match stmt {
+            Stmt::Loop(lp) => (lp.extent as u64).saturating_mul(work(&lp.body)),
+            Stmt::If(cond, body) => cond_work(cond).saturating_add(work(body)),
+            Stmt::Store(_, _, value) | Stmt::Accumulate(_, _, value) | Stmt::Let(_, value) => {
+                1 + expr_work(value)
+            }
+        })
+        .fold(0, u64::saturating_add)
+}
+
+/// What `exp` or `ln` costs in [`work`]: about the operations of its polynomial.
+const TRANSCENDENTAL_COST: u64 = 12;
+
+fn cond_work(cond: &Cond) -> u64 {
+    match cond {
+        Cond::InBounds(..) => 1,
+        Cond::Cmp(_, a, b) => 1 + expr_work(a) + expr_work(b),
+        Cond::And(a, b) => cond_work(a) + cond_work(b),
+    }
+}
+
+fn expr_work(expr: &Expr) -> u64 {
+    match expr {
+        Expr::Const(_) | Expr::IndexValue(_) | Expr::Load(..) | Expr::Local(_) => 1,
+        Expr::Unary(UnOp::Exp | UnOp::Ln, a) => TRANSCENDENTAL_COST + expr_work(a),
+        Expr::Unary(_, a) => 1 + expr_work(a),
+        Expr::Binary(_, a, b) => 1 + expr_work(a) + expr_work(b),
+        Expr::Fma(a, b, c) => 1 + expr_work(a) + expr_work(b) + expr_work(c),
+        Expr::Select(cond, a, b) => 1 + cond_work(cond) + expr_work(a) + expr_work(b),
+    }
 }

@@ -9,7 +9,7 @@
 //! Rust's functions by design and are checked in `math.rs`; everything else must agree
 //! exactly (`==`, so that `-0.0` and `0.0` agree).
 
-use super::{Buffers, Compiled};
+use super::{Buffers, CompileOptions, Compiled};
 use crate::lower::interp;
 use crate::lower::loops::{
     BinOp, BufId, CmpOp, Cond, Expr, Index, Kernel, Local, Loop, Stmt, UnOp, Var,
@@ -311,7 +311,8 @@ fn random_kernels_agree_with_the_interpreter_on_every_thread_count() {
             .collect();
         interp::run(&kernel, &mut expected)
             .unwrap_or_else(|e| panic!("seed {seed}: interpreter: {e}"));
-        let compiled = Compiled::new(std::slice::from_ref(&kernel), &lens)
+        let options = CompileOptions::always_split();
+        let compiled = Compiled::with_options(std::slice::from_ref(&kernel), &lens, options)
             .unwrap_or_else(|e| panic!("seed {seed}: {e}\n{kernel:#?}"));
         let splits = compiled.kernels[0]
             .iter()

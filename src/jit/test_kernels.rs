@@ -39,7 +39,8 @@ pub(crate) fn run_one(
     inputs: &[&[f32]],
     threads: usize,
 ) -> Buffers {
-    let compiled = Compiled::new(&[kernel], lens).expect("kernel compiles");
+    let compiled = Compiled::with_options(&[kernel], lens, CompileOptions::always_split())
+        .expect("kernel compiles");
     let mut bufs = Buffers::new(lens);
     for (b, input) in inputs.iter().enumerate() {
         bufs.get_mut(BufId(b as u32)).copy_from_slice(input);
@@ -57,7 +58,10 @@ pub(crate) fn ramp(len: usize, scale: f32, shift: f32) -> Vec<f32> {
 /// Runs `kernel` on copies of `bufs` compiled with blocking and vectorisation on, then off.
 pub(crate) fn both_ways(kernel: &Kernel, bufs: &Buffers, threads: usize) -> (Buffers, Buffers) {
     let run = |vectorize| {
-        let options = CompileOptions { vectorize };
+        let options = CompileOptions {
+            vectorize,
+            ..CompileOptions::always_split()
+        };
         let compiled = Compiled::with_options(std::slice::from_ref(kernel), &bufs.lens(), options)
             .unwrap_or_else(|e| panic!("{e}\n{kernel:#?}"));
         let mut out = bufs.clone();

@@ -15,6 +15,13 @@
 //!   and their gradients, loss, masks, saved statistics, and any role added later) is
 //!   *persistent*: the runtime reads or writes it between kernels. So are the buffers the
 //!   caller names (the network's output, read after each schedule).
+//! - The outputs of the plan's parameter-only kernels (`Plan::derived`, weight packing) are
+//!   *held*, live over the whole of `infer`, while the arena stays within 1/8 above its size
+//!   without holding (all of them if they fit, else smallest first; holding costs memory only
+//!   where inference is not already the peak, as at batch 1): nothing of `infer` shares their memory, so inference may skip
+//!   those kernels while no parameter has changed and read what a previous inference left
+//!   ([`kept_over`] is what the runtime checks). In training they share as usual, and the
+//!   runtime reruns them before the next inference (`runtime::engine`).
 //! - Two shareable buffers may overlap in memory only if their live ranges are disjoint in
 //!   every sequence where both appear. Offsets are assigned greedily, largest buffer first, at
 //!   the lowest 64-byte-aligned offset clear of every conflicting buffer already placed.
@@ -93,15 +100,74 @@ pub fn layout(plan: &Plan, keep: &[BufId]) -> Layout {
             .collect(),
         plan.infer.clone(),
     ];
-    assign(&plan.buffers, &plan.kernels, &sequences, keep)
+    // Derived outputs are held over `infer` while the arena stays within budget: all of them if
+    // they fit, else one by one, smallest first. Holding costs memory only where inference is
+    // not already the peak, as at batch 1.
+    let unheld = assign(&plan.buffers, &plan.kernels, &sequences, keep, &[]);
+    let budget = unheld.arena_len + unheld.arena_len / HOLD_BUDGET_DIVISOR;
+    let mut outputs: Vec<BufId> = plan
+        .derived
+        .iter()
+        .flat_map(|&k| Access::of(&plan.kernels[k]).writes)
+        .collect();
+    outputs.sort_by_key(|&b| plan.buffers[b.0 as usize].len);
+    let all: Vec<(usize, BufId)> = outputs.iter().map(|&b| (1, b)).collect();
+    let layout = assign(&plan.buffers, &plan.kernels, &sequences, keep, &all);
+    if layout.arena_len <= budget {
+        return layout;
+    }
+    let (mut held, mut best) = (Vec::new(), unheld);
+    for b in outputs {
+        held.push((1, b));
+        let layout = assign(&plan.buffers, &plan.kernels, &sequences, keep, &held);
+        if layout.arena_len <= budget {
+            best = layout;
+        } else {
+            held.pop();
+        }
+    }
+    best
 }
 
-/// [`layout`] for any buffer table, kernels and sequences of kernel indices run in order.
+/// How much a plan's arena may grow, as a fraction `1 / HOLD_BUDGET_DIVISOR` of the arena
+/// without held buffers, to keep parameter-only kernels' outputs over inference.
+const HOLD_BUDGET_DIVISOR: usize = 8;
+
+/// Whether buffer `b`'s memory is used by no other buffer that a kernel of `sequence` touches:
+/// then what `b` holds after one run of `sequence` is still there at the start of the next,
+/// unless something outside the sequence writes that memory.
+pub fn kept_over(layout: &Layout, kernels: &[Kernel], sequence: &[usize], b: BufId) -> bool {
+    let mine = layout.regions[b.0 as usize];
+    let touched: BTreeSet<BufId> = sequence
+        .iter()
+        .flat_map(|&k| {
+            let access = Access::of(&kernels[k]);
+            access
+                .reads
+                .union(&access.writes)
+                .copied()
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    touched.into_iter().all(|other| {
+        let r = layout.regions[other.0 as usize];
+        other == b
+            || r.len == 0
+            || mine.len == 0
+            || r.end() <= mine.offset
+            || mine.end() <= r.offset
+    })
+}
+
+/// [`layout`] for any buffer table, kernels and sequences of kernel indices run in order;
+/// `(s, b)` in `held` makes buffer `b`, if sequence `s` uses it, live over the whole of `s`
+/// (its values survive from one run of `s` to the next).
 fn assign(
     buffers: &[BufferDecl],
     kernels: &[Kernel],
     sequences: &[Vec<usize>],
     keep: &[BufId],
+    held: &[(usize, BufId)],
 ) -> Layout {
     let accesses: Vec<Access> = kernels.iter().map(Access::of).collect();
     let count = buffers.len();
@@ -133,6 +199,11 @@ fn assign(
                     }
                 }
             }
+        }
+    }
+    for &(s, b) in held {
+        if let Some(range) = &mut ranges[s][b.0 as usize] {
+            *range = (0, sequences[s].len() - 1);
         }
     }
     let conflict = |a: usize, b: usize| {
@@ -319,7 +390,13 @@ mod tests {
             kernel(&[4], 5, true),
             kernel(&[5], 6, false),
         ];
-        let layout = assign(&buffers, &kernels, &[vec![0, 1, 2, 3, 4, 5]], &[BufId(6)]);
+        let layout = assign(
+            &buffers,
+            &kernels,
+            &[vec![0, 1, 2, 3, 4, 5]],
+            &[BufId(6)],
+            &[],
+        );
         let r = &layout.regions;
         assert_eq!(
             layout.shared,
@@ -351,8 +428,49 @@ mod tests {
             &kernels,
             &[vec![0, 1, 2, 3, 4, 5], vec![6, 7]],
             &[BufId(6)],
+            &[],
         );
         assert!(!overlap(layout.regions[1], layout.regions[3]));
+    }
+
+    /// A buffer held over a sequence (a packed weight that inference keeps) shares memory with
+    /// nothing that sequence uses, even before its writer or after its last reader; held over a
+    /// sequence that does not use it, it shares as before.
+    #[test]
+    fn a_held_buffer_keeps_its_memory_over_its_sequence() {
+        let value = |n| BufferRole::Value(NodeId(n));
+        let buffers = [
+            decl(BufferRole::Input, 40),
+            decl(value(1), 50),
+            decl(BufferRole::Scratch(NodeId(2), "packed_weight"), 100),
+            decl(value(2), 100),
+            decl(value(3), 100),
+            decl(BufferRole::Loss, 4),
+        ];
+        // v1 = f(input); packed = g(); v2 = h(v1, packed); v3 = k(v2); loss = l(v3).
+        let kernels = [
+            kernel(&[0], 1, false),
+            kernel(&[], 2, false),
+            kernel(&[1, 2], 3, false),
+            kernel(&[3], 4, false),
+            kernel(&[4], 5, false),
+        ];
+        let sequences = [vec![0, 1, 2, 3, 4], vec![0, 1, 2, 3, 4]];
+        let free = assign(&buffers, &kernels, &sequences, &[], &[]);
+        let r = &free.regions;
+        assert!(overlap(r[2], r[4]), "packed dies before v3 is born: {r:?}");
+        assert!(!kept_over(&free, &kernels, &sequences[0], BufId(2)));
+        let layout = assign(&buffers, &kernels, &sequences[..1], &[], &[(0, BufId(2))]);
+        let r = &layout.regions;
+        assert!(layout.shared[2], "held is not persistent");
+        assert!(kept_over(&layout, &kernels, &sequences[0], BufId(2)));
+        for other in [1, 3, 4] {
+            assert!(!overlap(r[2], r[other]), "packed overlaps {other}: {r:?}");
+        }
+        // Held in a sequence that does not use it: no constraint, as without holding.
+        let sequences = [vec![0, 1, 2, 3, 4], vec![3, 4]];
+        let layout = assign(&buffers, &kernels, &sequences, &[], &[(1, BufId(2))]);
+        assert!(overlap(layout.regions[2], layout.regions[4]));
     }
 
     /// A kernel storing a constant moves down to just before the first kernel using its buffer;

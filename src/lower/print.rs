@@ -38,6 +38,8 @@ pub fn plan_text(plan: &Plan) -> String {
         ("train_forward", &plan.train_forward[..]),
         ("loss", &[plan.loss][..]),
         ("backward", &plan.backward[..]),
+        // Not a schedule: the kernels `infer` skips while no parameter has changed.
+        ("derived", &plan.derived[..]),
     ] {
         writeln!(out, "  {label}: {}", schedule(indices)).expect("writing to a String");
     }

@@ -21,7 +21,7 @@
 //! gradient (conv in its `dy` transposition and padding copies, dense in one `dz` kernel).
 
 use super::builder::{cst, ix, KernelBuilder, Scratch, Tensor};
-use super::loops::{BufId, Kernel};
+use super::loops::{visit_uses, BufId, Kernel, Use};
 use super::loss::LossTensors;
 use super::{activation, conv, dense, dropout, join, loss, memory, norm, pool};
 use crate::ir::{BatchNorm, Graph, Loss, Node, NodeId, Op, ParamId};
@@ -76,6 +76,12 @@ pub struct Plan {
     /// Each node's gradients in reverse node order, each gradient buffer zeroed just before
     /// its first use.
     pub backward: Vec<usize>,
+    /// The kernels whose results depend only on parameters (weight packing: see
+    /// [`parameter_kernels`]), in index order. Their results stay valid until a parameter
+    /// changes, so the runtime may skip them in `infer` while none has, provided their outputs
+    /// keep their memory between runs (`memory::layout` holds them there when its budget
+    /// allows; `memory::kept_over` is the check).
+    pub derived: Vec<usize>,
     /// The buffer of each node's value, by node index (aliases share).
     values: Vec<BufId>,
     /// The buffer of each node's gradient (`None` when no trainable parameter precedes it).
@@ -151,6 +157,7 @@ pub fn plan(graph: &Graph, batch: usize, loss: Loss) -> Plan {
     // Each gradient is zeroed just before its first use, so that its memory can serve others
     // until then (`memory`).
     let backward = memory::sink_initialisers(&kernels, &backward);
+    let derived = parameter_kernels(&table.decls, &kernels);
     Plan {
         batch,
         buffers: table.decls,
@@ -159,9 +166,59 @@ pub fn plan(graph: &Graph, batch: usize, loss: Loss) -> Plan {
         train_forward,
         loss,
         backward,
+        derived,
         values: table.values,
         grads: table.grads,
     }
+}
+
+/// The kernels that compute only from parameters: each reads nothing but `Param` buffers,
+/// stores (never accumulates) only into `Scratch` buffers, and is the only kernel of the plan
+/// that writes those buffers. Run twice on the same parameters, such a kernel stores the same
+/// values, and nothing else can change them, so its outputs stay valid until a parameter is
+/// written (by the optimiser, a load, or batchnorm's running statistics in `train_forward`).
+/// Decided from what each kernel reads and writes, never from its name.
+pub fn parameter_kernels(buffers: &[BufferDecl], kernels: &[Kernel]) -> Vec<usize> {
+    let mut writers = vec![0usize; buffers.len()];
+    let accesses: Vec<(Vec<BufId>, Vec<BufId>, bool)> = kernels
+        .iter()
+        .map(|kernel| {
+            let (mut reads, mut writes, mut stores_only) = (Vec::new(), Vec::new(), true);
+            visit_uses(&kernel.body, &mut |item| match item {
+                Use::Load(b) => reads.push(b),
+                Use::Store(b) => writes.push(b),
+                Use::Accumulate(b) => {
+                    reads.push(b);
+                    writes.push(b);
+                    stores_only = false;
+                }
+                Use::Local(_) => {}
+            });
+            writes.sort();
+            writes.dedup();
+            for b in &writes {
+                writers[b.0 as usize] += 1;
+            }
+            (reads, writes, stores_only)
+        })
+        .collect();
+    let role = |b: &BufId| buffers[b.0 as usize].role;
+    accesses
+        .iter()
+        .enumerate()
+        .filter(|(_, (reads, writes, stores_only))| {
+            *stores_only
+                && !reads.is_empty()
+                && !writes.is_empty()
+                && reads
+                    .iter()
+                    .all(|b| matches!(role(b), BufferRole::Param(_)))
+                && writes.iter().all(|b| {
+                    matches!(role(b), BufferRole::Scratch(..)) && writers[b.0 as usize] == 1
+                })
+        })
+        .map(|(k, _)| k)
+        .collect()
 }
 
 /// Flatten and identity reuse their input's buffers (flatten is row-major, so it is free).

@@ -8,6 +8,15 @@
 //! loop hands them between engines of different batch sizes (an epoch's last, partial batch)
 //! with [`Engine::params`] and [`Engine::set_params`]. Nothing is allocated per step.
 //!
+//! Kernels that compute only from parameters (weight packing, `Plan::derived`) run in
+//! inference only when a parameter may have changed since they last ran: every path that
+//! writes parameters ([`Engine::set_params`], [`Engine::update`], and a training step, whose
+//! forward pass updates batchnorm running statistics and which may reuse the packed copies'
+//! memory once it has read them) marks them stale, and running one in inference clears its
+//! mark. Training runs them in every step (so once per step, after the update). Only a kernel
+//! whose outputs keep their memory over inference (`lower::memory::kept_over`: the memory plan
+//! holds them there when its budget allows) is ever skipped, so its results are still there.
+//!
 //! The engine lowers the graph after `passes::fuse` (same nodes, names and parameters, so
 //! nothing outside it can tell), unless built with [`Fusion::Off`] to measure the difference.
 
@@ -17,7 +26,7 @@ use rand::RngExt;
 
 use crate::ir::{Graph, Loss, NodeId, Op, ParamId};
 use crate::jit::{Buffers, Compiled, JitError};
-use crate::lower::loops::BufId;
+use crate::lower::loops::{visit_uses, BufId, Use};
 use crate::lower::memory::{self, Layout};
 use crate::lower::step::{plan, BufferRole, Plan};
 use crate::runtime::optim::Optimizer;
@@ -102,6 +111,18 @@ pub struct Engine {
     output: BufId,
     loss: BufId,
     truth: BufId,
+    /// By kernel index: whether it computes only from parameters (`Plan::derived`).
+    derived: Vec<bool>,
+    /// By kernel index: a derived kernel whose outputs keep their memory over inference
+    /// (`memory::kept_over`), which inference may therefore skip.
+    skippable: Vec<bool>,
+    /// By kernel index: whether a derived kernel's outputs may be out of date (a parameter may
+    /// have been written, or its memory reused, since it last ran). Starts all true.
+    stale: Vec<bool>,
+    /// By kernel index: whether it writes a parameter buffer (batchnorm running statistics).
+    writes_params: Vec<bool>,
+    /// How many times a derived kernel has run (for tests of the skipping).
+    derived_runs: usize,
 }
 
 impl Engine {
@@ -155,11 +176,38 @@ impl Engine {
             Loss::Mse => role(BufferRole::Target),
         };
         let output = role(BufferRole::Value(graph.output));
+        let writes_params = plan
+            .kernels
+            .iter()
+            .map(|kernel| {
+                let mut writes = false;
+                visit_uses(&kernel.body, &mut |item| {
+                    if let Use::Store(b) | Use::Accumulate(b) = item {
+                        writes |= matches!(plan.buffers[b.0 as usize].role, BufferRole::Param(_));
+                    }
+                });
+                writes
+            })
+            .collect();
         let unshared = Layout::unshared(&lens);
         let layout = match sharing {
             Memory::Planned => memory::layout(&plan, &[output]),
             Memory::Unshared => unshared.clone(),
         };
+        // A derived kernel may be skipped in inference when its outputs keep their memory
+        // from one inference to the next.
+        let mut derived = vec![false; plan.kernels.len()];
+        let mut skippable = vec![false; plan.kernels.len()];
+        for &k in &plan.derived {
+            derived[k] = true;
+            let mut kept = true;
+            visit_uses(&plan.kernels[k].body, &mut |item| {
+                if let Use::Store(b) | Use::Accumulate(b) = item {
+                    kept &= memory::kept_over(&layout, &plan.kernels, &plan.infer, b);
+                }
+            });
+            skippable[k] = kept;
+        }
         Ok(Engine {
             input: role(BufferRole::Input),
             output,
@@ -170,6 +218,11 @@ impl Engine {
             names: graph.params.iter().map(|p| p.name.clone()).collect(),
             bufs: Buffers::with_layout(&layout),
             unshared_bytes: unshared.bytes(),
+            stale: vec![true; plan.kernels.len()],
+            derived,
+            skippable,
+            writes_params,
+            derived_runs: 0,
             plan,
             compiled,
             threads: threads.max(1),
@@ -197,6 +250,7 @@ impl Engine {
 
     /// Copies parameter values in, `Graph::params` order; every length is checked.
     pub fn set_params<V: AsRef<[f32]>>(&mut self, values: &[V]) -> Result<(), EngineError> {
+        self.params_changed();
         if values.len() != self.params.len() {
             return Err(EngineError::WrongLength {
                 what: "the parameter list".into(),
@@ -278,6 +332,7 @@ impl Engine {
 
     /// One optimiser step on the gradients of the last [`Engine::train_step`].
     pub fn update(&mut self, optimizer: &mut Optimizer) {
+        self.params_changed();
         // Parameters, then the gradients that exist; all persistent, so never overlapping.
         let ids: Vec<BufId> = (self.params.iter().map(|&(p, _)| p))
             .chain(self.params.iter().filter_map(|&(_, g)| g))
@@ -295,18 +350,50 @@ impl Engine {
         optimizer.step(&mut params, &grads);
     }
 
+    /// Marks every parameter-only kernel stale: a parameter may have been written, or their
+    /// outputs' memory reused.
+    fn params_changed(&mut self) {
+        self.stale.fill(true);
+    }
+
+    /// How many times a parameter-only kernel (weight packing) has run.
+    pub fn derived_runs(&self) -> usize {
+        self.derived_runs
+    }
+
     fn run_schedule(&mut self, schedule: Schedule) -> Result<(), EngineError> {
         let kernels: &[usize] = match schedule {
             Schedule::Infer => &self.plan.infer,
-            Schedule::Train => &self.plan.train_forward,
+            Schedule::Train => {
+                // Training reruns every kernel, and afterwards the derived kernels' outputs
+                // may have lost their memory to others (or batchnorm written its running
+                // statistics): marked stale first, so that an error half-way leaves them so.
+                self.stale.fill(true);
+                &self.plan.train_forward
+            }
         };
         for &k in kernels {
+            if self.derived[k] {
+                if matches!(schedule, Schedule::Infer) && self.skippable[k] && !self.stale[k] {
+                    continue;
+                }
+                self.derived_runs += 1;
+            }
             self.compiled.run(k, &mut self.bufs, self.threads)?;
+            if matches!(schedule, Schedule::Infer) {
+                if self.writes_params[k] {
+                    self.stale.fill(true);
+                }
+                if self.derived[k] {
+                    self.stale[k] = false;
+                }
+            }
         }
         if let Schedule::Train = schedule {
             self.compiled
                 .run(self.plan.loss, &mut self.bufs, self.threads)?;
             for &k in &self.plan.backward {
+                self.derived_runs += usize::from(self.derived[k]);
                 self.compiled.run(k, &mut self.bufs, self.threads)?;
             }
         }
@@ -451,6 +538,24 @@ mod tests {
                 losses.push(loss.to_bits());
                 engine.update(&mut optimizer);
             }
+            // Inference packs the updated weights; a second one reuses them, to the bit.
+            let first: Vec<u32> = engine
+                .infer(&input)
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect();
+            let again: Vec<u32> = engine
+                .infer(&input)
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect();
+            assert_eq!(first, again, "{}: repeated inference", graph.name);
+            // A training step without an update (it may reuse the packed copies' memory, and
+            // batchnorm updates its running statistics), then inference again.
+            let loss = engine.train_step(&input, truth, &mut rng).unwrap();
+            losses.push(loss.to_bits());
             engine.infer(&input).unwrap();
             // Every buffer the planner keeps apart: output, parameters, gradients, loss, ...
             let kept: Vec<(String, Vec<u32>)> = (0..lens.len())
@@ -472,6 +577,89 @@ mod tests {
                 planned.0
             );
         }
+    }
+
+    fn bits(values: &[f32]) -> Vec<u32> {
+        values.iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// Repeated inference packs the weights once and gives bitwise the same output; after a
+    /// parameter changes (new values, an optimiser update) the next inference packs them again
+    /// and equals, bitwise, a fresh engine's on the new parameters.
+    #[test]
+    fn weights_are_packed_again_only_after_parameters_change() {
+        let graph = lenet();
+        let batch = 3;
+        let config = graph.train.clone().unwrap_or_default();
+        let input: Vec<f32> = (0..batch * graph.input().shape.numel())
+            .map(|i| ((i * 7919) % 255) as f32 / 255.0)
+            .collect();
+        let labels = [1, 7, 3];
+        let fresh = |values: &[Vec<f32>]| {
+            let mut engine = Engine::new(&graph, batch, Loss::CrossEntropy, 2).unwrap();
+            engine.set_params(values).unwrap();
+            bits(engine.infer(&input).unwrap())
+        };
+        let (first, second) = (
+            initialize(&graph, Init::Xavier, 3),
+            initialize(&graph, Init::Xavier, 4),
+        );
+        let mut engine = Engine::new(&graph, batch, Loss::CrossEntropy, 2).unwrap();
+        let packers = engine
+            .plan
+            .infer
+            .iter()
+            .filter(|&&k| engine.derived[k])
+            .count();
+        assert!(
+            packers >= 4,
+            "conv2 and the dense layers pack weights: {packers}"
+        );
+        // LeNet's packed weights fit in its arena's budget: every one is kept over inference.
+        assert!((0..engine.derived.len())
+            .all(|k| engine.skippable[k] == engine.derived[k] || !engine.plan.infer.contains(&k)));
+
+        engine.set_params(&first).unwrap();
+        let a = bits(engine.infer(&input).unwrap());
+        assert_eq!(engine.derived_runs(), packers);
+        assert_eq!(bits(engine.infer(&input).unwrap()), a, "repeated inference");
+        assert_eq!(
+            engine.derived_runs(),
+            packers,
+            "unchanged weights are not packed again"
+        );
+        assert_eq!(a, fresh(&first));
+
+        engine.set_params(&second).unwrap();
+        let b = bits(engine.infer(&input).unwrap());
+        assert_eq!(engine.derived_runs(), 2 * packers);
+        assert_ne!(a, b);
+        assert_eq!(
+            b,
+            fresh(&second),
+            "inference after set_params uses the new weights"
+        );
+
+        let mut optimizer = Optimizer::new(&config.optimizer, &graph.params);
+        let mut rng = rng(0, Stream::Init);
+        engine
+            .train_step(&input, Truth::Classes(&labels), &mut rng)
+            .unwrap();
+        engine.update(&mut optimizer);
+        let c = bits(engine.infer(&input).unwrap());
+        let updated: Vec<Vec<f32>> = engine.params().iter().map(|p| p.to_vec()).collect();
+        assert_ne!(b, c);
+        assert_eq!(
+            c,
+            fresh(&updated),
+            "inference after an update uses the new weights"
+        );
+
+        // A training step without an update changes no parameter of LeNet (no batchnorm).
+        engine
+            .train_step(&input, Truth::Classes(&labels), &mut rng)
+            .unwrap();
+        assert_eq!(bits(engine.infer(&input).unwrap()), c);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! Each test crate compiles its own copy and uses part of it, hence the `allow`.
 #![allow(dead_code)]
 
-use cnnc::jit::{Buffers, Compiled};
+use cnnc::jit::{Buffers, CompileOptions, Compiled};
 use cnnc::lower::interp;
 use cnnc::lower::loops::{BufId, Kernel};
 use ndarray::{ArrayD, IxDyn};
@@ -106,7 +106,9 @@ impl Twin {
         }
         let lens: Vec<usize> = self.jit.iter().map(Vec::len).collect();
         let owned: Vec<Kernel> = kernels.iter().map(|&k| k.clone()).collect();
-        let compiled = Compiled::new(&owned, &lens).unwrap_or_else(|e| panic!("{e}"));
+        // Every parallel piece split, however small, so that the tests exercise splitting.
+        let compiled = Compiled::with_options(&owned, &lens, CompileOptions::always_split())
+            .unwrap_or_else(|e| panic!("{e}"));
         let mut buffers = Buffers::new(&lens);
         for (i, data) in self.jit.iter().enumerate() {
             buffers.get_mut(BufId(i as u32)).copy_from_slice(data);

@@ -51,7 +51,10 @@ fn measure(name: &str, kernel: Kernel, lens: &[usize], flops: f64) {
     }
     let mut results = vec![];
     for vectorize in [true, false] {
-        let options = CompileOptions { vectorize };
+        let options = CompileOptions {
+            vectorize,
+            ..CompileOptions::default()
+        };
         let compiled = Compiled::with_options(std::slice::from_ref(&kernel), lens, options)
             .expect("kernel compiles");
         let mut out = bufs.clone();
