@@ -7,7 +7,8 @@
 //!
 //! Every check runs twice: the plan of the graph as written, and the plan of the fused graph
 //! (`passes::fuse`), both against the reference of the graph as written; random small networks
-//! of conv, dense, batchnorm, add and activations exercise every fusion rule and its refusals.
+//! of conv, dense, batchnorm, add and activations exercise every fusion rule and its refusals,
+//! and batchnorms folded into their convolutions for inference (`passes::fold`).
 
 mod support;
 
@@ -474,7 +475,7 @@ fn random_network(rng: &mut Rng) -> Graph {
 /// activations are fused, and some are refused, so both paths are exercised.
 #[test]
 fn random_networks_fused_and_unfused_match_reference() {
-    let (mut activations, mut fused) = (0, 0);
+    let (mut activations, mut fused, mut folded) = (0, 0, 0);
     for seed in 0..12 {
         let graph = random_network(&mut Rng(100 + seed));
         let loss = if seed % 3 == 0 {
@@ -490,7 +491,10 @@ fn random_networks_fused_and_unfused_match_reference() {
             .filter(|n| matches!(n.op, Op::Activation(_)))
             .count();
         fused += after.nodes.iter().filter(|n| n.epilogue.is_some()).count();
+        folded += after.nodes.iter().filter(|n| n.folded).count();
     }
+    // Batchnorms folded into their convolutions for inference (`passes::fold`) are checked too.
+    assert!(folded > 0, "no batchnorm was folded");
     assert!(4 * fused >= activations, "{fused} of {activations} fused");
     assert!(fused < activations, "every activation was fused");
 }

@@ -337,7 +337,7 @@ fn kernel_flops(graph: &Graph, layer: &str, role: &str, batch: usize) -> f64 {
     let contraction = matches!(graph.node(id).op, Op::Conv(_) | Op::Dense(_));
     let products = matches!(
         role,
-        "forward" | "forward_train" | "backward_input" | "backward_weight"
+        "forward" | "forward_folded" | "forward_train" | "backward_input" | "backward_weight"
     );
     if contraction && products {
         2.0 * params::node_macs(graph, id) as f64 * batch as f64

@@ -463,6 +463,7 @@ impl<'a> Builder<'a> {
             span,
             name,
             epilogue: None,
+            folded: false,
         });
         Ok(id)
     }

@@ -219,6 +219,10 @@ pub struct Node {
     /// An activation applied to the op's result inside the op's own kernel: the node's value
     /// is the activated one. `None` from the builder; set only by `passes::fuse`.
     pub epilogue: Option<Activation>,
+    /// A batchnorm whose inference runs inside its producing convolution's kernel, with the
+    /// weights and bias scaled by its running statistics (training is unchanged). `false` from
+    /// the builder; set only by `passes::fold`.
+    pub folded: bool,
 }
 
 /// What a [`Param`] is, which fixes its initialisation and whether the optimiser updates it.

@@ -139,6 +139,7 @@ mod tests {
             span: Span::default(),
             name: String::new(),
             epilogue: None,
+            folded: false,
         }
     }
 

@@ -4,7 +4,8 @@
 //!
 //! The same printer shows a fused graph (`--stage fused`): a node's epilogue follows its
 //! attributes (`conv(%0) channels=6 ... + sigmoid`), and an activation moved into its producer
-//! prints as `identity(%1) fused into conv1`.
+//! prints as `identity(%1) fused into conv1`; a batchnorm folded into its convolution for
+//! inference (`passes::fold`) says so after its attributes.
 
 use std::fmt::Write;
 
@@ -24,6 +25,10 @@ pub fn print_graph(graph: &Graph) -> String {
         let mut attrs = attributes(&node.op);
         if let Some(activation) = node.epilogue {
             attrs = format!("{attrs} + {}", epilogue(activation));
+        }
+        if let (true, [producer]) = (node.folded, node.inputs.as_slice()) {
+            let conv = &graph.node(*producer).name;
+            attrs = format!("{attrs}, folded into {conv} for inference");
         }
         if let (Op::Identity, [producer]) = (&node.op, node.inputs.as_slice()) {
             if graph.node(*producer).epilogue.is_some() {

@@ -144,6 +144,49 @@ pub fn forward_infer(name: &str, bn: &BatchNorm, t: &NormTensors) -> Kernel {
     kb.finish(vec![top])
 }
 
+/// The weights and bias of a convolution with this batchnorm folded into it for inference
+/// (`passes::fold`), as PyTorch's `fuse_conv_bn_eval`: per output channel `c`, with
+/// `s = 1/√(var[c] + eps)`, `w'[c, ..] = w[c, ..]·(gamma[c]·s)` and
+/// `b'[c] = (b[c] − mean[c])·s·gamma[c] + beta[c]` (`b = 0` without a bias); parallel over
+/// channels.
+pub fn fold_into_conv(
+    name: &str,
+    bn: &BatchNorm,
+    t: &NormTensors,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    folded_weight: &Tensor,
+    folded_bias: &Tensor,
+) -> Kernel {
+    let per_channel = weight.dims[1..].iter().product::<usize>();
+    let (w, fw) = (
+        weight.view(vec![bn.channels, per_channel]),
+        folded_weight.view(vec![bn.channels, per_channel]),
+    );
+    let mut kb = KernelBuilder::new(name);
+    let (c, e) = (kb.var(bn.channels), kb.var(per_channel));
+    let (invstd, scale) = (kb.local(), kb.local());
+    let at = [ix(c)];
+    let b = bias.map_or(cst(0.0), |b| b.load(&at));
+    let per_channel = vec![
+        set(
+            invstd,
+            cst(1.0) / sqrt(t.running_var.load(&at) + cst(bn.eps)),
+        ),
+        set(scale, t.weight.load(&at) * local(invstd)),
+        kb.for_(
+            e,
+            vec![fw.store(&[ix(c), ix(e)], w.load(&[ix(c), ix(e)]) * local(scale))],
+        ),
+        folded_bias.store(
+            &at,
+            (b - t.running_mean.load(&at)) * local(invstd) * t.weight.load(&at) + t.bias.load(&at),
+        ),
+    ];
+    let top = kb.parallel_for(c, per_channel);
+    kb.finish(vec![top])
+}
+
 /// `act(value)`, or `value` without an epilogue.
 fn activated(epilogue: Option<Activation>, value: Expr) -> Expr {
     match epilogue {

@@ -20,11 +20,12 @@
 //! kernels apply the epilogue where they store the value, and `dy·act'(y)` where they read the
 //! gradient (conv in its `dy` transposition and padding copies, dense in one `dz` kernel).
 
-use super::builder::{cst, ix, KernelBuilder, Scratch, Tensor};
+use super::builder::{cst, ix, KernelBuilder, Scratch, ScratchSpec, Tensor};
 use super::loops::{visit_uses, BufId, Kernel, Use};
 use super::loss::LossTensors;
 use super::{activation, conv, dense, dropout, join, loss, memory, norm, pool};
 use crate::ir::{BatchNorm, Graph, Loss, Node, NodeId, Op, ParamId};
+use crate::passes::fold;
 
 /// What a buffer of the plan holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -123,9 +124,16 @@ pub fn plan(graph: &Graph, batch: usize, loss: Loss) -> Plan {
                     train_forward.push(i);
                 }
             }
-            Forward::Modes { infer: k, train } => {
-                infer.push(push(k));
-                train_forward.push(push(train));
+            Forward::Modes {
+                infer: ks,
+                train: ts,
+            } => {
+                for k in ks {
+                    infer.push(push(k));
+                }
+                for k in ts {
+                    train_forward.push(push(k));
+                }
             }
         }
     }
@@ -231,10 +239,11 @@ enum Forward {
     Nothing,
     /// The same kernels, in order, for inference and training.
     Same(Vec<Kernel>),
-    /// Dropout and batchnorm behave differently in training.
+    /// Dropout and batchnorm behave differently in training, and so does a convolution with a
+    /// batchnorm folded into it for inference (`passes::fold`).
     Modes {
-        infer: Kernel,
-        train: Kernel,
+        infer: Vec<Kernel>,
+        train: Vec<Kernel>,
     },
 }
 
@@ -260,7 +269,14 @@ fn forward(t: &Table, id: NodeId) -> Forward {
                 y: &y,
                 scratch: t.scratch(id),
             };
-            Forward::Same(conv::forward(name, c, &tensors, node.epilogue))
+            let train = conv::forward(name, c, &tensors, node.epilogue);
+            match fold::folded_batchnorm(t.graph, id) {
+                None => Forward::Same(train),
+                Some(bn_id) => Forward::Modes {
+                    infer: folded_conv(t, id, bn_id, &tensors),
+                    train,
+                },
+            }
         }
         Op::Pool(p) => Forward::one(pool::forward(name, p, &x(), &y)),
         Op::GlobalAvgPool => Forward::one(pool::global_avg_forward(name, &x(), &y)),
@@ -277,14 +293,24 @@ fn forward(t: &Table, id: NodeId) -> Forward {
         }
         Op::Activation(a) => Forward::one(activation::forward(name, *a, &x(), &y)),
         Op::Dropout { .. } => Forward::Modes {
-            infer: dropout::forward_infer(name, &x(), &y),
-            train: dropout::forward_train(name, &x(), &t.extra(BufferRole::Mask(id), &y), &y),
+            infer: vec![dropout::forward_infer(name, &x(), &y)],
+            train: vec![dropout::forward_train(
+                name,
+                &x(),
+                &t.extra(BufferRole::Mask(id), &y),
+                &y,
+            )],
         },
         Op::BatchNorm(bn) => {
             let tensors = NormParts::new(t, id, bn);
+            // Folded: inference runs inside the convolution's kernels (`folded_conv`).
+            let infer = match node.folded {
+                true => Vec::new(),
+                false => vec![norm::forward_infer(name, bn, &tensors.view())],
+            };
             Forward::Modes {
-                infer: norm::forward_infer(name, bn, &tensors.view()),
-                train: norm::forward_train(name, bn, &tensors.view()),
+                infer,
+                train: vec![norm::forward_train(name, bn, &tensors.view())],
             }
         }
         Op::Concat => {
@@ -301,6 +327,48 @@ fn forward(t: &Table, id: NodeId) -> Forward {
             Forward::one(join::add_forward(name, &xs, &y, node.epilogue))
         }
     }
+}
+
+/// The inference kernels of convolution `conv` with batchnorm `bn_id` folded into it
+/// (`passes::fold`): the scaled weights and bias, then the convolution (its padding copy and
+/// packing included) on them, writing the batchnorm's output through the batchnorm's epilogue.
+/// Named `<conv>.fold_batchnorm` and `<conv>.<kernel>_folded`.
+fn folded_conv(
+    t: &Table,
+    conv_id: NodeId,
+    bn_id: NodeId,
+    unfolded: &conv::ConvTensors,
+) -> Vec<Kernel> {
+    let (node, bn_node) = (t.graph.node(conv_id), t.graph.node(bn_id));
+    let (Op::Conv(c), Op::BatchNorm(bn)) = (&node.op, &bn_node.op) else {
+        unreachable!("passes::fold folds a batchnorm into a conv")
+    };
+    let name = node.name.as_str();
+    let scratch = t.scratch(conv_id);
+    let (weight, bias) = (scratch.get("folded_weight"), scratch.get("folded_bias"));
+    let parts = NormParts::new(t, bn_id, bn);
+    let mut kernels = vec![norm::fold_into_conv(
+        &format!("{name}.fold_batchnorm"),
+        bn,
+        &parts.view(),
+        unfolded.weight,
+        unfolded.bias,
+        weight,
+        bias,
+    )];
+    let y = t.value(bn_id);
+    let tensors = conv::ConvTensors {
+        x: unfolded.x,
+        weight,
+        bias: Some(bias),
+        y: &y,
+        scratch,
+    };
+    for mut k in conv::forward(name, c, &tensors, bn_node.epilogue) {
+        k.name.push_str("_folded");
+        kernels.push(k);
+    }
+    kernels
 }
 
 /// The node's backward kernels; `dy` is the gradient of its value (after its epilogue, which
@@ -595,7 +663,19 @@ impl<'g> Table<'g> {
         let specs = match &node.op {
             Op::Conv(c) => {
                 let (x, y) = (self.value(node.inputs[0]), self.value(id));
-                conv::scratch(c, &x, &y, has_gradient, has_input_gradient)
+                let mut specs = conv::scratch(c, &x, &y, has_gradient, has_input_gradient);
+                if fold::folded_batchnorm(graph, id).is_some() {
+                    let weight = graph.params[c.weight.0 as usize].shape.clone();
+                    specs.push(ScratchSpec {
+                        name: "folded_weight",
+                        dims: weight,
+                    });
+                    specs.push(ScratchSpec {
+                        name: "folded_bias",
+                        dims: vec![c.out_channels],
+                    });
+                }
+                specs
             }
             Op::Dense(d) => {
                 dense::scratch(d, &self.value(node.inputs[0]), has_gradient, node.epilogue)

@@ -48,6 +48,7 @@ impl GraphBuilder {
             span: Span::default(),
             name: name.into(),
             epilogue: None,
+            folded: false,
         });
         self.graph.output = id;
         id
