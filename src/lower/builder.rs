@@ -194,11 +194,13 @@ impl Scratch {
     /// The buffer `name`. Lowerings ask only for what their `scratch` function declared for the
     /// same layer, so a missing name is a bug in the lowering, not in the user's network.
     pub fn get(&self, name: &str) -> &Tensor {
-        self.0
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, t)| t)
+        self.try_get(name)
             .unwrap_or_else(|| panic!("scratch buffer {name} was not declared"))
+    }
+
+    /// The buffer `name`, if it was declared.
+    pub fn try_get(&self, name: &str) -> Option<&Tensor> {
+        self.0.iter().find(|(n, _)| *n == name).map(|(_, t)| t)
     }
 }
 

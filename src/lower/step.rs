@@ -211,22 +211,36 @@ pub fn parameter_kernels(buffers: &[BufferDecl], kernels: &[Kernel]) -> Vec<usiz
         })
         .collect();
     let role = |b: &BufId| buffers[b.0 as usize].role;
-    accesses
-        .iter()
-        .enumerate()
-        .filter(|(_, (reads, writes, stores_only))| {
-            *stores_only
+    // Grown to a fixed point: a kernel may also read what derived kernels wrote (the weights
+    // of a batchnorm folded into a conv, `passes::fold`, then packed).
+    let mut derived = vec![false; kernels.len()];
+    let mut derived_output = vec![false; buffers.len()];
+    loop {
+        let mut grew = false;
+        for (k, (reads, writes, stores_only)) in accesses.iter().enumerate() {
+            let is_derived = !derived[k]
+                && *stores_only
                 && !reads.is_empty()
                 && !writes.is_empty()
-                && reads
-                    .iter()
-                    .all(|b| matches!(role(b), BufferRole::Param(_)))
+                && reads.iter().all(|b| {
+                    matches!(role(b), BufferRole::Param(_)) || derived_output[b.0 as usize]
+                })
                 && writes.iter().all(|b| {
                     matches!(role(b), BufferRole::Scratch(..)) && writers[b.0 as usize] == 1
-                })
-        })
-        .map(|(k, _)| k)
-        .collect()
+                });
+            if is_derived {
+                derived[k] = true;
+                for b in writes {
+                    derived_output[b.0 as usize] = true;
+                }
+                grew = true;
+            }
+        }
+        if !grew {
+            break;
+        }
+    }
+    (0..kernels.len()).filter(|&k| derived[k]).collect()
 }
 
 /// Flatten and identity reuse their input's buffers (flatten is row-major, so it is free).
@@ -357,12 +371,26 @@ fn folded_conv(
         bias,
     )];
     let y = t.value(bn_id);
+    // The convolution's own scratch, but the folded weights packed apart from the unfolded
+    // ones, so that each packing has one writer and stays derived (`parameter_kernels`).
+    let folded_scratch = Scratch::new(
+        ["padded_input", "packed_weight"]
+            .into_iter()
+            .filter_map(|name| {
+                let source = match name {
+                    "packed_weight" => "packed_folded_weight",
+                    other => other,
+                };
+                scratch.try_get(source).map(|t| (name, t.clone()))
+            })
+            .collect(),
+    );
     let tensors = conv::ConvTensors {
         x: unfolded.x,
         weight,
         bias: Some(bias),
         y: &y,
-        scratch,
+        scratch: &folded_scratch,
     };
     for mut k in conv::forward(name, c, &tensors, bn_node.epilogue) {
         k.name.push_str("_folded");
@@ -666,6 +694,13 @@ impl<'g> Table<'g> {
                 let mut specs = conv::scratch(c, &x, &y, has_gradient, has_input_gradient);
                 if fold::folded_batchnorm(graph, id).is_some() {
                     let weight = graph.params[c.weight.0 as usize].shape.clone();
+                    if let Some(packed) = specs.iter().find(|s| s.name == "packed_weight") {
+                        let dims = packed.dims.clone();
+                        specs.push(ScratchSpec {
+                            name: "packed_folded_weight",
+                            dims,
+                        });
+                    }
                     specs.push(ScratchSpec {
                         name: "folded_weight",
                         dims: weight,

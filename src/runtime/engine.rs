@@ -583,6 +583,51 @@ mod tests {
         values.iter().map(|v| v.to_bits()).collect()
     }
 
+    /// A batchnorm folded into its conv for inference (`passes::fold`): its folding and the
+    /// packing of the folded weights are both parameter-only kernels (the second reads what the
+    /// first wrote); inference after a training step, which moves the running statistics,
+    /// equals bitwise a fresh engine given the new statistics, and repeats bitwise.
+    #[test]
+    fn folded_batchnorm_weights_follow_the_running_statistics() {
+        use crate::reference::fixtures::{plain_conv, GraphBuilder};
+        let mut b = GraphBuilder::new(&[3, 6, 6]);
+        let c = b.conv("conv1", NodeId(0), plain_conv(3, 8, 3, 2), &[8, 4, 4]);
+        let n = b.batchnorm("batchnorm1", c, &[8, 4, 4]);
+        let f = b.node("flatten", Op::Flatten, &[n], &[128]);
+        b.dense("dense1", f, 128, 3);
+        let graph = b.graph;
+        let batch = 2;
+        let mut engine = Engine::new(&graph, batch, Loss::CrossEntropy, 2).unwrap();
+        let derived: Vec<&str> = engine
+            .plan
+            .derived
+            .iter()
+            .map(|&k| engine.plan.kernels[k].name.as_str())
+            .collect();
+        assert!(derived.contains(&"conv1.fold_batchnorm"), "{derived:?}");
+        assert!(derived.contains(&"conv1.pack_weight_folded"), "{derived:?}");
+        let input: Vec<f32> = (0..batch * 108).map(|i| (i % 17) as f32 / 17.0).collect();
+        engine
+            .set_params(&initialize(&graph, Init::PyTorch, 1))
+            .unwrap();
+        let before = bits(engine.infer(&input).unwrap());
+        let mut rng = rng(0, Stream::Init);
+        engine
+            .train_step(&input, Truth::Classes(&[0, 2]), &mut rng)
+            .unwrap();
+        let after = bits(engine.infer(&input).unwrap());
+        assert_ne!(before, after, "the running statistics moved");
+        assert_eq!(
+            bits(engine.infer(&input).unwrap()),
+            after,
+            "repeated inference"
+        );
+        let params: Vec<Vec<f32>> = engine.params().iter().map(|p| p.to_vec()).collect();
+        let mut fresh = Engine::new(&graph, batch, Loss::CrossEntropy, 2).unwrap();
+        fresh.set_params(&params).unwrap();
+        assert_eq!(bits(fresh.infer(&input).unwrap()), after);
+    }
+
     /// Repeated inference packs the weights once and gives bitwise the same output; after a
     /// parameter changes (new values, an optimiser update) the next inference packs them again
     /// and equals, bitwise, a fresh engine's on the new parameters.
