@@ -28,7 +28,7 @@ use cranelift_frontend::Variable;
 use super::super::translate::Translator;
 use super::super::vector::vector_flags;
 use super::{coefficients, contraction, depends_on, local_uses, Contraction};
-use crate::lower::loops::{BufId, Index, Loop, Var};
+use crate::lower::loops::{BufId, Expr, Index, Loop, Var};
 
 /// Lanes of an `f32x4`.
 pub(super) const LANES: i64 = 4;
@@ -248,10 +248,35 @@ impl Translator<'_> {
             }
         }
 
+        // An epilogue beyond the bare sum (an activation: sigmoid's exp and divide) needs
+        // registers of its own while the other sums wait; with all of them live, the register
+        // allocator spilled some of the sums *inside the reduction loop* (a store and reload per
+        // step on their chains: LeNet's `dense1.forward` with its sigmoid ran 2.2× slower than
+        // without, 2026-11-30, seen in the disassembly). So the sums are stored first, ending
+        // their live ranges at the loop's exit, and each is read back for its epilogue alone.
+        // The stored bits are the sums', so the result is the same.
+        let unit = coefficients(nest.o).get(&nest.lane_var()) == Some(&1);
+        let staged = !matches!(nest.epilogue, Expr::Local(_)) && width == LANES && unit;
         for (&site, &acc) in sites.iter().zip(&accs) {
             let sum = self.builder.use_var(acc);
-            let value = self.eval(nest, &mut frame, nest.epilogue, Some(sum), site);
-            self.store_output(nest, &mut frame, site, value);
+            if staged {
+                self.store_output(nest, &mut frame, site, sum);
+            } else {
+                let value = self.eval(nest, &mut frame, nest.epilogue, Some(sum), site);
+                self.store_output(nest, &mut frame, site, value);
+            }
+        }
+        if staged {
+            for &site in &sites {
+                let (address, offset) =
+                    self.address(nest, &mut frame, nest.out, nest.o, site.u, site.lane);
+                let sum = self
+                    .builder
+                    .ins()
+                    .load(types::F32X4, vector_flags(), address, offset);
+                let value = self.eval(nest, &mut frame, nest.epilogue, Some(sum), site);
+                self.store_output(nest, &mut frame, site, value);
+            }
         }
     }
 
