@@ -313,15 +313,9 @@ impl Translator<'_> {
     /// scalar iteration's own load.
     fn translate_gathered_load(&mut self, buf: BufId, index: &Index, stride: i64) -> Value {
         let (address, offset) = self.translate_address(buf, index);
-        let f32_bytes = i64::from(types::F32.bytes());
         let mut lanes = None;
         for lane in 0..LANES {
-            let lane_offset =
-                i64::from(offset).wrapping_add(lane.wrapping_mul(stride).wrapping_mul(f32_bytes));
-            let (lane_address, lane_offset) = match i32::try_from(lane_offset) {
-                Ok(lane_offset) => (address, lane_offset),
-                Err(_) => (self.builder.ins().iadd_imm_s(address, lane_offset), 0),
-            };
+            let (lane_address, lane_offset) = self.lane_address(address, offset, stride, lane);
             let value = self.builder.ins().load(
                 types::F32,
                 MemFlagsData::trusted(),
@@ -347,18 +341,31 @@ impl Translator<'_> {
                 .store(vector_flags(), value, address, offset);
             return;
         }
-        let f32_bytes = i64::from(types::F32.bytes());
         for lane in 0..LANES {
-            let lane_offset =
-                i64::from(offset).wrapping_add(lane.wrapping_mul(stride).wrapping_mul(f32_bytes));
-            let (lane_address, lane_offset) = match i32::try_from(lane_offset) {
-                Ok(lane_offset) => (address, lane_offset),
-                Err(_) => (self.builder.ins().iadd_imm_s(address, lane_offset), 0),
-            };
+            let (lane_address, lane_offset) = self.lane_address(address, offset, stride, lane);
             let scalar = self.builder.ins().extractlane(value, lane as u8);
             self.builder
                 .ins()
                 .store(MemFlagsData::trusted(), scalar, lane_address, lane_offset);
+        }
+    }
+
+    /// The address of lane `lane` of an access at `address + offset` whose lanes are `stride`
+    /// elements apart: the same address with the lane's displacement folded into the offset,
+    /// or, when that leaves an `i32`, the address moved by it.
+    fn lane_address(
+        &mut self,
+        address: Value,
+        offset: i32,
+        stride: i64,
+        lane: i64,
+    ) -> (Value, i32) {
+        let f32_bytes = i64::from(types::F32.bytes());
+        let lane_offset =
+            i64::from(offset).wrapping_add(lane.wrapping_mul(stride).wrapping_mul(f32_bytes));
+        match i32::try_from(lane_offset) {
+            Ok(lane_offset) => (address, lane_offset),
+            Err(_) => (self.builder.ins().iadd_imm_s(address, lane_offset), 0),
         }
     }
 }
