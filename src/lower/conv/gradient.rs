@@ -67,6 +67,25 @@ pub(super) fn weight_position_lanes(conv: &Conv, dims: &Dims) -> bool {
     dims.out_per_group < MIN_CHANNEL_LANES && super::unit_strides(conv)
 }
 
+/// `out[e] = Σ_l partial[.., l]` over the last axis of `partial` (`out`'s elements then that
+/// axis, row-major), `l` in order, one output element at a time (`fma(p, 1, acc)` is `acc + p`).
+fn sum_lanes(kb: &mut KernelBuilder, partial: &Tensor, out: &Tensor) -> Stmt {
+    let elements = out.dims.iter().product::<usize>();
+    let lanes = partial.dims.iter().product::<usize>() / elements.max(1);
+    let (e, l) = (kb.var(elements), kb.var(lanes));
+    let sum = Contraction {
+        rows: None,
+        lanes: e,
+        reductions: vec![l],
+        init: cst(0.0),
+        a: partial.view(vec![elements, lanes]).load(&[ix(e), ix(l)]),
+        b: cst(1.0),
+        out: out.view(vec![elements]),
+        at: vec![ix(e)],
+    };
+    kb.contraction(sum, |acc| acc)
+}
+
 impl Gradient<'_> {
     /// The gradient before the fused activation at `dy`'s coordinates `at`.
     pub fn pre_activation(&self, at: &[Index]) -> Expr {
@@ -414,22 +433,7 @@ impl Gradient<'_> {
             kb.parallel_for(parallel, vec![kb.for_(n, kb.nest(&outer, vec![nest]))]),
         ];
 
-        // Σ over the lanes, one output element at a time (`fma(p, 1, acc)` is `acc + p`).
-        let per_weight = dw.dims.iter().product::<usize>();
-        let e = kb.var(per_weight);
-        let l = kb.var(lanes_len);
-        let flat = dw_lanes.view(vec![per_weight, lanes_len]);
-        let sum = Contraction {
-            rows: None,
-            lanes: e,
-            reductions: vec![l],
-            init: cst(0.0),
-            a: flat.load(&[ix(e), ix(l)]),
-            b: cst(1.0),
-            out: dw.view(vec![per_weight]),
-            at: vec![ix(e)],
-        };
-        top.push(kb.contraction(sum, |acc| acc));
+        top.push(sum_lanes(&mut kb, dw_lanes, dw));
 
         if let Some(db) = db {
             let db_lanes = self.t.scratch.get("db_lanes");
@@ -451,18 +455,7 @@ impl Gradient<'_> {
                 at: vec![ix(c), ix(l)],
             };
             top.push(kb.contraction(columns, |acc| acc));
-            let (c, l) = (kb.var(conv.out_channels), kb.var(lanes_len));
-            let sum = Contraction {
-                rows: None,
-                lanes: c,
-                reductions: vec![l],
-                init: cst(0.0),
-                a: db_lanes.load(&[ix(c), ix(l)]),
-                b: cst(1.0),
-                out: db.clone(),
-                at: vec![ix(c)],
-            };
-            top.push(kb.contraction(sum, |acc| acc));
+            top.push(sum_lanes(&mut kb, db_lanes, db));
         }
         kb.finish(top)
     }
