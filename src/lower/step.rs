@@ -374,16 +374,13 @@ fn folded_conv(
     // The convolution's own scratch, but the folded weights packed apart from the unfolded
     // ones, so that each packing has one writer and stays derived (`parameter_kernels`).
     let folded_scratch = Scratch::new(
-        ["padded_input", "packed_weight"]
-            .into_iter()
-            .filter_map(|name| {
-                let source = match name {
-                    "packed_weight" => "packed_folded_weight",
-                    other => other,
-                };
-                scratch.try_get(source).map(|t| (name, t.clone()))
-            })
-            .collect(),
+        [
+            ("padded_input", "padded_input"),
+            ("packed_weight", "packed_folded_weight"),
+        ]
+        .into_iter()
+        .filter_map(|(name, buffer)| scratch.try_get(buffer).map(|t| (name, t.clone())))
+        .collect(),
     );
     let tensors = conv::ConvTensors {
         x: unfolded.x,
