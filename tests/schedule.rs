@@ -2,26 +2,14 @@
 //! PyTorch's schedulers (`tests/golden/schedules.json`, made by `scripts/schedule_golden.py`),
 //! the flag read as the key is, and its errors.
 
-use std::path::Path;
-use std::process::{Command, Output};
-
 use cnnc::cli::run::schedule_flag;
 use cnnc::ir::Schedule;
 use cnnc::runtime::schedule::lr_at;
 use cnnc::span::SourceMap;
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
+mod support;
 
-fn cnnc(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cnnc"))
-        .args(args)
-        .current_dir(root())
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("the cnnc binary runs")
-}
+use support::{cnnc, root};
 
 fn schedule(text: &str) -> Schedule {
     schedule_flag(text, &mut SourceMap::default()).unwrap_or_else(|e| panic!("{text}: {e}"))

@@ -3,7 +3,6 @@
 //! `cnnc eval`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::sync::atomic::AtomicBool;
 
 use cnnc::reference::fixtures::model;
@@ -12,17 +11,9 @@ use cnnc::runtime::data;
 use cnnc::runtime::train::{self, Event, Overrides, Run, Start};
 use cnnc::span::SourceMap;
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
+mod support;
 
-fn cnnc(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cnnc"))
-        .args(args)
-        .current_dir(root())
-        .output()
-        .expect("the cnnc binary runs")
-}
+use support::{cnnc, root};
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("cnnc-train-{}-{name}", std::process::id()));

@@ -1,9 +1,13 @@
-//! Shared by `tests/ops.rs` and `tests/plan.rs`: seeded random tensors, the tolerance check,
-//! and [`Twin`], a buffer table that runs kernels both through the checking interpreter (every
-//! access in bounds, parallel iterations on disjoint elements) and through the JIT.
+//! Shared by the test crates: seeded random tensors, the tolerance check, [`Twin`], a buffer
+//! table that runs kernels both through the checking interpreter (every access in bounds,
+//! parallel iterations on disjoint elements) and through the JIT, and [`cnnc`], the binary run
+//! from the repository's root.
 //!
 //! Each test crate compiles its own copy and uses part of it, hence the `allow`.
 #![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Command, Output};
 
 use cnnc::jit::{Buffers, CompileOptions, Compiled};
 use cnnc::lower::interp;
@@ -142,4 +146,19 @@ impl Twin {
         );
         assert_close(&jitted, expected, rtol, &format!("{what} (JIT)"));
     }
+}
+
+/// The repository's root.
+pub fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `cnnc args…` run from the repository's root, without colour.
+pub fn cnnc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cnnc"))
+        .args(args)
+        .current_dir(root())
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("the cnnc binary runs")
 }
