@@ -556,7 +556,7 @@ fn define_pieces(
             message,
         };
         let mut kernel_ids = Vec::with_capacity(pieces.len());
-        for piece in pieces {
+        for (index, piece) in pieces.iter().enumerate() {
             let id = module
                 .declare_anonymous_function(&signature)
                 .map_err(|e| codegen_error(e.to_string()))?;
@@ -569,9 +569,19 @@ fn define_pieces(
                 frontend_config,
                 options,
             );
+            // A developer's aid: `CNNC_DISASM=<kernel name>` prints that kernel's machine
+            // code (regalloc's spills and moves show there, not in the CLIF dump).
+            let disasm = std::env::var("CNNC_DISASM").is_ok_and(|name| name == kernel.name);
+            context.set_disasm(disasm);
             module
                 .define_function(id, &mut context)
                 .map_err(|e| codegen_error(format!("{e:?}")))?;
+            if let Some(vcode) = disasm
+                .then(|| context.compiled_code().and_then(|code| code.vcode.clone()))
+                .flatten()
+            {
+                eprintln!("machine code of {}, piece {index}:\n{vcode}", kernel.name);
+            }
             module.clear_context(&mut context);
             kernel_ids.push(id);
         }
