@@ -13,6 +13,7 @@ pub mod loops;
 pub mod loss;
 pub mod memory;
 pub mod norm;
+mod overwrite;
 pub mod pool;
 pub mod print;
 mod races;

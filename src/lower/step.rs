@@ -23,7 +23,7 @@
 use super::builder::{cst, ix, KernelBuilder, Scratch, ScratchSpec, Tensor};
 use super::loops::{visit_uses, BufId, Kernel, Use};
 use super::loss::LossTensors;
-use super::{activation, conv, dense, dropout, join, loss, memory, norm, pool};
+use super::{activation, conv, dense, dropout, join, loss, memory, norm, overwrite, pool};
 use crate::ir::{BatchNorm, Graph, Loss, Node, NodeId, Op, ParamId};
 use crate::passes::fold;
 
@@ -165,6 +165,17 @@ pub fn plan(graph: &Graph, batch: usize, loss: Loss) -> Plan {
     // Each gradient is zeroed just before its first use, so that its memory can serve others
     // until then (`memory`).
     let backward = memory::sink_initialisers(&kernels, &backward);
+    // ... and not at all when its first user writes all of it once (`overwrite`).
+    let lens: Vec<usize> = table.decls.iter().map(|d| d.len).collect();
+    let (backward, dropped) = overwrite::skip_zeroing(&mut kernels, &backward, &lens);
+    let renumber = remove_kernels(&mut kernels, &dropped);
+    let renumbered = |sequence: Vec<usize>| sequence.into_iter().map(|k| renumber[k]).collect();
+    let (infer, train_forward, backward): (Vec<usize>, Vec<usize>, Vec<usize>) = (
+        renumbered(infer),
+        renumbered(train_forward),
+        renumbered(backward),
+    );
+    let loss = renumber[loss];
     let derived = parameter_kernels(&table.decls, &kernels);
     Plan {
         batch,
@@ -241,6 +252,25 @@ pub fn parameter_kernels(buffers: &[BufferDecl], kernels: &[Kernel]) -> Vec<usiz
         }
     }
     (0..kernels.len()).filter(|&k| derived[k]).collect()
+}
+
+/// Removes the kernels at the indices `dropped` (which no sequence runs) and returns each old
+/// index's new one.
+fn remove_kernels(kernels: &mut Vec<Kernel>, dropped: &[usize]) -> Vec<usize> {
+    let mut renumber = Vec::with_capacity(kernels.len());
+    let mut next = 0;
+    for k in 0..kernels.len() {
+        renumber.push(next);
+        if !dropped.contains(&k) {
+            next += 1;
+        }
+    }
+    let mut k = 0;
+    kernels.retain(|_| {
+        k += 1;
+        !dropped.contains(&(k - 1))
+    });
+    renumber
 }
 
 /// Flatten and identity reuse their input's buffers (flatten is row-major, so it is free).
