@@ -266,9 +266,14 @@ struct CompiledPiece {
 /// handing a part to the second thread and waiting for it takes; and generated code runs
 /// 3 (average pooling) to 90 (vectorised dense) estimated operations per ns, 20–40 for the
 /// blocked conv nests. A part must take longer than the dispatch to win it back, so at about
-/// 20 operations per ns it needs some 240,000 operations; below twice that a piece runs whole
-/// on the calling thread.
-pub const MIN_WORK_PER_PART: u64 = 262_144;
+/// 20 operations per ns it needs some 240,000 operations. That was with the second thread
+/// awake; when few kernels of a step split (a training step at batch 1: three weight
+/// gradients), it has gone to sleep between them and waking it costs more: at 262,144 such a
+/// step ran in 0.206 ms on 2 threads against 0.125 ms on 1 (conv2.backward_weight 0.075 vs
+/// 0.016 ms). At 2^20 (2026-11-30, `cnnc bench models/lenet.cnn --threads 2`, three
+/// alternating runs each) batch 1 trains at 7,800–7,970 images/s instead of 4,330–4,670, and
+/// batches 64 and 256 and ResNet-18 at 8 show no difference beyond the host's noise (±15%).
+pub const MIN_WORK_PER_PART: u64 = 1 << 20;
 
 /// Choices of how kernels are compiled; [`Compiled::new`] uses the default.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -741,7 +746,7 @@ mod tests {
         assert_eq!(parts(2, 7, piece.work, 0), 2);
         assert_eq!(parts(8, 7, piece.work, 0), 7);
 
-        let (rows, cols) = (64, 4096);
+        let (rows, cols) = (64, 16384);
         let big = Compiled::new(&[three_piece_kernel(rows, cols)], &[rows * cols, rows, 1])
             .expect("kernel compiles");
         let piece = &big.kernels[0][1];
