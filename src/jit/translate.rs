@@ -22,7 +22,7 @@ use super::pieces::{used_buffers, used_locals, Piece};
 use super::vector;
 use super::CompileOptions;
 use crate::lower::loops::{
-    BinOp, BufId, CmpOp, Cond, Expr, Index, Kernel, Local, Loop, Stmt, UnOp,
+    visit_uses, BinOp, BufId, CmpOp, Cond, Expr, Index, Kernel, Local, Loop, Stmt, UnOp, Use,
 };
 
 /// The signature of every generated function: `(table, lo, hi)`.
@@ -78,6 +78,12 @@ pub(crate) fn translate_piece(
         builder.def_var(locals[local.0 as usize], zero);
     }
 
+    let mut read_only: Vec<bool> = bases.iter().map(Option::is_some).collect();
+    visit_uses(stmts, &mut |item| {
+        if let Use::Store(buf) | Use::Accumulate(buf) = item {
+            read_only[buf.0 as usize] = false;
+        }
+    });
     let mut translator = Translator {
         builder,
         bases,
@@ -85,6 +91,7 @@ pub(crate) fn translate_piece(
         locals,
         local_uses: blocked::local_uses(stmts, kernel.locals),
         vectorize: options.vectorize,
+        read_only,
     };
     match piece {
         Piece::Sequential(stmts) => translator.translate_stmts(stmts),
@@ -107,6 +114,9 @@ pub(super) struct Translator<'a> {
     /// Whether contraction nests are register-blocked (`blocked.rs`) and innermost loops
     /// vectorised (`vector.rs`) when legal.
     vectorize: bool,
+    /// By `BufId`: the piece reads the buffer and never writes it, so its loads may be marked
+    /// `readonly` (`blocked.rs` does, so that Cranelift places each next to its use).
+    pub(super) read_only: Vec<bool>,
 }
 
 impl Translator<'_> {

@@ -9,7 +9,7 @@ use super::super::translate::{float_cc, Translator};
 use super::super::vector::{lane_bitcast_flags, vector_flags};
 use super::emit::{Frame, Site, LANES};
 use super::{coefficients, cond_depends_on, depends_on, Contraction};
-use crate::lower::loops::{Cond, Expr, Index, Var};
+use crate::lower::loops::{BufId, Cond, Expr, Index, Var};
 
 impl Translator<'_> {
     /// The `i64` value of `index` at row `u` and lane `lane` of the block.
@@ -36,6 +36,22 @@ impl Translator<'_> {
         }
     }
 
+    /// `flags` for a load of `buf` in the nest, marked `readonly` and `can_move` when the piece
+    /// never writes `buf`. Cranelift then treats the load as a pure value and emits it where
+    /// it is used: without that, every load of a reduction step came first and the sums'
+    /// `fma`s after them, and with 8 sums and 10 operands live at once (conv1's weight
+    /// gradient) two sums spilled to the stack inside the loop. Such a load may also be
+    /// hoisted out of a loop whose iterations do not change its address; its address is
+    /// then one an iteration computes from the same values, in bounds (`bounds.rs` proves
+    /// every access for all values of the loop variables).
+    fn operand_flags(&self, buf: BufId, flags: MemFlagsData) -> MemFlagsData {
+        if self.read_only[buf.0 as usize] {
+            flags.with_readonly().with_can_move()
+        } else {
+            flags
+        }
+    }
+
     /// `expr` at `site` (an `f32x4` or an `f32`), with `acc` the site's sum (epilogue only).
     pub(super) fn eval(
         &mut self,
@@ -55,9 +71,10 @@ impl Translator<'_> {
         match expr {
             Expr::Load(buf, index) if coefficients(index).get(&nest.lane_var()) == Some(&1) => {
                 let (address, offset) = self.address(nest, frame, *buf, index, site.u, site.lane);
+                let flags = self.operand_flags(*buf, vector_flags());
                 self.builder
                     .ins()
-                    .load(types::F32X4, vector_flags(), address, offset)
+                    .load(types::F32X4, flags, address, offset)
             }
             Expr::Local(_) => acc.expect("only the epilogue reads a local: the sum"),
             // exp and ln included: math.rs emits the same instructions for f32 and f32x4.
@@ -145,9 +162,8 @@ impl Translator<'_> {
             Expr::Const(c) => self.builder.ins().f32const(*c),
             Expr::Load(buf, index) => {
                 let (address, offset) = self.address(nest, frame, *buf, index, u, lane);
-                self.builder
-                    .ins()
-                    .load(types::F32, MemFlagsData::trusted(), address, offset)
+                let flags = self.operand_flags(*buf, MemFlagsData::trusted());
+                self.builder.ins().load(types::F32, flags, address, offset)
             }
             Expr::Local(_) => acc.expect("only the epilogue reads a local: the sum"),
             Expr::IndexValue(index) => {
