@@ -282,6 +282,38 @@ proptest! {
     }
 }
 
+/// Strided convolutions with enough input channels for their input gradient to be the
+/// correlation of the spread, padded `dy` (ResNet's downsampling 3×3 and 1×1 convolutions,
+/// stride 2; a stride of 3 with dilation; padding on one side only), with and without a fused
+/// activation.
+#[test]
+fn strided_wide_conv_input_gradients_match_reference() {
+    let axis = |kernel, stride, dilation, padding, extra| ConvAxis {
+        kernel,
+        stride,
+        dilation,
+        padding,
+        extra,
+    };
+    let cases = [
+        vec![axis(3, 2, 1, (1, 1), 5), axis(3, 2, 1, (1, 1), 4)],
+        vec![axis(1, 2, 1, (0, 0), 6), axis(1, 2, 1, (0, 0), 7)],
+        vec![axis(3, 3, 2, (2, 0), 4)],
+    ];
+    for (seed, axes) in cases.into_iter().enumerate() {
+        let case = ConvCase {
+            batch: 2,
+            groups: 1,
+            in_per_group: 8,
+            out_per_group: 3,
+            axes,
+            has_bias: true,
+        };
+        check_conv(&case, None, seed as u64);
+        check_conv(&case, Some(Activation::Relu), seed as u64 + 10);
+    }
+}
+
 /// The layer of a random convolution test.
 struct ConvCase {
     batch: usize,

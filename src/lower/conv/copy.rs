@@ -16,19 +16,36 @@ pub fn shifted_copy(
     shift: &[i64],
     value: &dyn Fn(&[Index]) -> Expr,
 ) -> Kernel {
+    spread_copy(name, src, dst, &vec![1; shift.len()], shift, value)
+}
+
+/// `dst[n, c, o·stride + shift] = value(src at [n, c, o])` for the source positions `o` that land
+/// inside `dst`, and 0 everywhere else (between the spread elements too); parallel over the
+/// batch. With strides of 1 it is [`shifted_copy`]; with more, the output gradient of a strided
+/// convolution placed at the input positions its elements belong to (`gradient.rs`).
+pub fn spread_copy(
+    name: String,
+    src: &Tensor,
+    dst: &Tensor,
+    stride: &[i64],
+    shift: &[i64],
+    value: &dyn Fn(&[Index]) -> Expr,
+) -> Kernel {
     let rank = shift.len();
     let mut kb = KernelBuilder::new(name);
     let (n, c) = (kb.var(src.dims[0]), kb.var(src.dims[1]));
     let (source, target) = (&src.dims[2..], &dst.dims[2..]);
-    // The source positions that land inside `dst`, per axis: `lo .. hi`.
+    // The source positions that land inside `dst`, per axis: `lo .. hi`, the `o` with
+    // `0 <= o·stride + shift < target`.
     let ranges: Vec<(i64, i64)> = (0..rank)
         .map(|d| {
-            let lo = (-shift[d]).max(0);
-            let hi = (source[d] as i64).min(target[d] as i64 - shift[d]);
+            let (s, t) = (stride[d], target[d] as i64);
+            let lo = ((-shift[d]).max(0) + s - 1) / s;
+            let hi = (source[d] as i64).min((t - shift[d] + s - 1).div_euclid(s));
             (lo, hi.max(lo))
         })
         .collect();
-    let covers_all = (0..rank).all(|d| shift[d] == 0 && source[d] == target[d]);
+    let covers_all = (0..rank).all(|d| shift[d] == 0 && stride[d] == 1 && source[d] == target[d]);
     let mut per_image = Vec::new();
     if !covers_all {
         let c0 = kb.var(src.dims[1]);
@@ -48,7 +65,8 @@ pub fn shifted_copy(
     let at_dst: Vec<Index> = at_src
         .iter()
         .zip(shift)
-        .map(|(i, &s)| i.clone() + s)
+        .zip(stride)
+        .map(|((i, &sh), &st)| i.clone() * st + sh)
         .collect();
     let src_coords = [vec![ix(n), ix(c)], at_src].concat();
     let copy = dst.store(&[vec![ix(n), ix(c)], at_dst].concat(), value(&src_coords));

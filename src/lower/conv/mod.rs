@@ -96,10 +96,9 @@ fn unit_strides(conv: &Conv) -> bool {
 
 /// The scratch buffers of a convolution with input `x` and output `y`: `padded_input` (with
 /// padding), `packed_weight` (lanes over output channels); with a gradient, `dy_t`
-/// (`[N, *O, C_out]`, the gradient before a fused activation); with an input gradient and unit
-/// strides, lanes over input channels, `padded_dy` and `packed_weight_t`, or else `dy_rows` and
-/// `padded_dx` (with a spare slab, `gradient.rs`); with an input gradient, padding and a stride,
-/// `padded_dx`.
+/// (`[N, *O, C_out]`, the gradient before a fused activation); with an input gradient and lanes
+/// over input channels, `padded_dy` and `packed_weight_t`; else with unit strides `dy_rows` and
+/// `padded_dx` (with a spare slab, `gradient.rs`), and with padding and a stride `padded_dx`.
 pub fn scratch(
     conv: &Conv,
     x: &Tensor,
@@ -139,7 +138,7 @@ pub fn scratch(
         let dy_t = [vec![dims.batch], dims.out_spatial.clone()].concat();
         specs.push(spec("dy_t", [dy_t, vec![conv.out_channels]].concat()));
     }
-    if has_gradient && has_input_gradient && unit_strides(conv) {
+    if has_gradient && has_input_gradient {
         if gradient::input_channel_lanes(&dims) {
             specs.push(spec("padded_dy", gradient::padded_dy_dims(conv, &dims)));
             let packed = [vec![conv.groups, dims.out_per_group], conv.kernel.clone()].concat();
@@ -147,13 +146,12 @@ pub fn scratch(
                 "packed_weight_t",
                 [packed, vec![dims.in_per_group]].concat(),
             ));
-        } else {
+        } else if unit_strides(conv) {
             specs.push(spec("dy_rows", gradient::dy_rows_dims(conv, &dims)));
             specs.push(spec("padded_dx", gradient::wide_dx_dims(conv, &dims)));
+        } else if dims.padded() {
+            specs.push(spec("padded_dx", padded_x));
         }
-    }
-    if has_gradient && has_input_gradient && !unit_strides(conv) && dims.padded() {
-        specs.push(spec("padded_dx", padded_x));
     }
     specs
 }
