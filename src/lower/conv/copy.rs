@@ -4,7 +4,7 @@
 //! input gradient. Each fills a scratch buffer right before its consumer.
 
 use super::super::builder::{cst, ix, ixs, KernelBuilder, Tensor};
-use super::super::loops::{Expr, Index, Kernel, Stmt};
+use super::super::loops::{Expr, Index, Kernel};
 
 /// `dst[n, c, q] = value(src at [n, c, q − shift])` where that lies inside `src`, else 0, for
 /// `src [N, C, *S]` and `dst [N, C, *Q]`; parallel over the batch. `value` maps the source
@@ -94,24 +94,50 @@ pub fn crop_accumulate(name: String, padded: &Tensor, dx: &Tensor, pad_before: &
 
 /// `packed[g, a, *k, b] = w[g·B + b, a, *k]` (`swap` false: `w [G·B, A, *K]`, the forward's
 /// `[g, ci, *k, co]`) or `packed[g, a, *k, b] = w[g·A + a, b, *k]` (`swap` true: `w [G·A, B, *K]`,
-/// the input gradient's `[g, co, *k, ci]`); parallel over groups.
+/// the input gradient's `[g, co, *k, ci]`).
+///
+/// `b` runs in blocks of [`PACK_BLOCK`], the blocks split over threads: within a block the
+/// writes are a cache line and the reads stay in 16 rows of `w`, which the window and `a` loops
+/// walk through in order. With `b` innermost over all of `B` (the first version), each read
+/// of the forward's packing touched a new line of `w`: ResNet-18's 512×512×3×3 weights took
+/// 6 ms per training step to pack on 2 threads (2026-11-30).
 pub fn pack_weight(name: String, w: &Tensor, packed: &Tensor, swap: bool) -> Kernel {
     let mut kb = KernelBuilder::new(name);
-    let (g, a) = (kb.var(packed.dims[0]), kb.var(packed.dims[1]));
     let rank = packed.dims.len();
-    let window = kb.vars(&packed.dims[2..rank - 1]);
-    let b = kb.var(packed.dims[rank - 1]);
-    let (group_size, inner) = (packed.dims[rank - 1] as i64, packed.dims[1] as i64);
-    let source = match swap {
-        false => [vec![ix(g) * group_size + ix(b), ix(a)], ixs(&window)].concat(),
-        true => [vec![ix(g) * inner + ix(a), ix(b)], ixs(&window)].concat(),
+    let (groups, inner, lanes) = (packed.dims[0], packed.dims[1], packed.dims[rank - 1]);
+    let (group_size, inner_len) = (lanes as i64, inner as i64);
+    let block = |kb: &mut KernelBuilder, first: Index, width: usize| {
+        let (g, a) = (kb.var(groups), kb.var(inner));
+        let window = kb.vars(&packed.dims[2..rank - 1]);
+        let b = kb.var(width);
+        let lane = first + ix(b);
+        let source = match swap {
+            false => [vec![ix(g) * group_size + lane.clone(), ix(a)], ixs(&window)].concat(),
+            true => [vec![ix(g) * inner_len + ix(a), lane.clone()], ixs(&window)].concat(),
+        };
+        let at = [vec![ix(g), ix(a)], ixs(&window), vec![lane]].concat();
+        let copy = packed.store(&at, w.load(&source));
+        kb.nest(&[vec![g, a], window, vec![b]].concat(), vec![copy])
     };
-    let at = [vec![ix(g), ix(a)], ixs(&window), vec![ix(b)]].concat();
-    let copy = packed.store(&at, w.load(&source));
-    let body: Vec<Stmt> = vec![kb.for_(a, kb.nest(&window, vec![kb.for_(b, vec![copy])]))];
-    let top = kb.parallel_for(g, body);
-    kb.finish(vec![top])
+    let (blocks, tail) = (lanes / PACK_BLOCK, lanes % PACK_BLOCK);
+    let mut body = Vec::new();
+    if blocks > 0 {
+        let outer = kb.var(blocks);
+        let per_block = block(&mut kb, ix(outer) * PACK_BLOCK as i64, PACK_BLOCK);
+        body.push(kb.parallel_for(outer, per_block));
+    }
+    if tail > 0 {
+        let first = Index {
+            terms: Vec::new(),
+            offset: (blocks * PACK_BLOCK) as i64,
+        };
+        body.extend(block(&mut kb, first, tail));
+    }
+    kb.finish(body)
 }
+
+/// Lanes of packed weights copied together: 16 `f32`s, one 64-byte cache line.
+const PACK_BLOCK: usize = 16;
 
 /// `dy_t[n, *o, c] = value(dy at [n, c, *o])` (channels last, so the weight gradient's lanes over
 /// output channels are contiguous); parallel over the batch.
