@@ -56,6 +56,32 @@ impl KernelBuilder {
             .fold(body, |body, &var| vec![self.for_(var, body)])
     }
 
+    /// `body(kb, first, width)` for `0..len` cut into blocks of `width = block` starting at
+    /// `first`, the blocks a top-level parallel loop, then one block of the rest (`len % block`)
+    /// run on one thread: the top-level statements of a kernel that copies in cache-line blocks.
+    pub fn in_blocks(
+        &mut self,
+        len: usize,
+        block: usize,
+        body: impl Fn(&mut KernelBuilder, Index, usize) -> Vec<Stmt>,
+    ) -> Vec<Stmt> {
+        let (blocks, tail) = (len / block, len % block);
+        let mut stmts = Vec::new();
+        if blocks > 0 {
+            let outer = self.var(blocks);
+            let per_block = body(self, ix(outer) * block as i64, block);
+            stmts.push(self.parallel_for(outer, per_block));
+        }
+        if tail > 0 {
+            let first = Index {
+                terms: Vec::new(),
+                offset: (blocks * block) as i64,
+            };
+            stmts.extend(body(self, first, tail));
+        }
+        stmts
+    }
+
     /// `body` under the guard `0 <= index < bound` for every pair, leaving out the pairs that
     /// hold for every value of the loop variables (so unpadded layers carry no test).
     pub fn guarded(&self, bounds: &[(Index, usize)], body: Vec<Stmt>) -> Vec<Stmt> {

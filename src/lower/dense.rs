@@ -78,14 +78,24 @@ pub fn forward(
     vec![pack_weight(name, dense, t.weight, packed), kb.finish(top)]
 }
 
-/// `Wᵀ[f, u] = W[u, f]`, parallel over features.
+/// `Wᵀ[f, u] = W[u, f]`, the units in blocks of [`PACK_BLOCK`] split over threads, then the
+/// rest: each block writes a cache line per feature and reads 16 rows of `W` front to back.
+/// With the units innermost over all of them and the features split (the first version), each
+/// read touched a new line of `W`: VGG's 25088×4096 weights took 363 ms to pack per training
+/// step, AlexNet's 6400×4096 93 ms (2026-11-30, 2 threads).
 fn pack_weight(name: &str, dense: &Dense, w: &Tensor, packed: &Tensor) -> Kernel {
     let mut kb = KernelBuilder::new(format!("{name}.pack_weight"));
-    let (f, u) = (kb.var(dense.in_features), kb.var(dense.units));
-    let copy = packed.store(&[ix(f), ix(u)], w.load(&[ix(u), ix(f)]));
-    let top = kb.parallel_for(f, vec![kb.for_(u, vec![copy])]);
-    kb.finish(vec![top])
+    let body = kb.in_blocks(dense.units, PACK_BLOCK, |kb, first, width| {
+        let (f, u) = (kb.var(dense.in_features), kb.var(width));
+        let unit = first + ix(u);
+        let copy = packed.store(&[ix(f), unit.clone()], w.load(&[unit, ix(f)]));
+        vec![kb.for_(f, vec![kb.for_(u, vec![copy])])]
+    });
+    kb.finish(body)
 }
+
+/// Units of packed weights copied together: 16 `f32`s, one 64-byte cache line.
+const PACK_BLOCK: usize = 16;
 
 /// Kernels for `dz` (with a fused activation: `dy` is then the gradient of the activated
 /// output), `dx` (if the input needs one), `dW` and `db` (if there is a bias).

@@ -106,7 +106,7 @@ pub fn pack_weight(name: String, w: &Tensor, packed: &Tensor, swap: bool) -> Ker
     let rank = packed.dims.len();
     let (groups, inner, lanes) = (packed.dims[0], packed.dims[1], packed.dims[rank - 1]);
     let (group_size, inner_len) = (lanes as i64, inner as i64);
-    let block = |kb: &mut KernelBuilder, first: Index, width: usize| {
+    let body = kb.in_blocks(lanes, PACK_BLOCK, |kb, first, width| {
         let (g, a) = (kb.var(groups), kb.var(inner));
         let window = kb.vars(&packed.dims[2..rank - 1]);
         let b = kb.var(width);
@@ -118,21 +118,7 @@ pub fn pack_weight(name: String, w: &Tensor, packed: &Tensor, swap: bool) -> Ker
         let at = [vec![ix(g), ix(a)], ixs(&window), vec![lane]].concat();
         let copy = packed.store(&at, w.load(&source));
         kb.nest(&[vec![g, a], window, vec![b]].concat(), vec![copy])
-    };
-    let (blocks, tail) = (lanes / PACK_BLOCK, lanes % PACK_BLOCK);
-    let mut body = Vec::new();
-    if blocks > 0 {
-        let outer = kb.var(blocks);
-        let per_block = block(&mut kb, ix(outer) * PACK_BLOCK as i64, PACK_BLOCK);
-        body.push(kb.parallel_for(outer, per_block));
-    }
-    if tail > 0 {
-        let first = Index {
-            terms: Vec::new(),
-            offset: (blocks * PACK_BLOCK) as i64,
-        };
-        body.extend(block(&mut kb, first, tail));
-    }
+    });
     kb.finish(body)
 }
 
