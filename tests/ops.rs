@@ -314,6 +314,28 @@ fn strided_wide_conv_input_gradients_match_reference() {
     }
 }
 
+/// A weight gradient whose `dy` is too big for one tile of its reduction (over 256 KiB: 8
+/// channels × 2 images × 72×72 positions), so it is summed image by image through `dw`.
+#[test]
+fn a_weight_gradient_summed_in_tiles_matches_reference() {
+    let axis = ConvAxis {
+        kernel: 3,
+        stride: 1,
+        dilation: 1,
+        padding: (1, 1),
+        extra: 69,
+    };
+    let case = ConvCase {
+        batch: 2,
+        groups: 1,
+        in_per_group: 3,
+        out_per_group: 8,
+        axes: vec![axis.clone(), axis],
+        has_bias: true,
+    };
+    check_conv(&case, Some(Activation::Relu), 7);
+}
+
 /// The layer of a random convolution test.
 struct ConvCase {
     batch: usize,

@@ -30,6 +30,11 @@ impl KernelBuilder {
     }
 
     /// One fresh variable per extent, in order.
+    /// The extent `var` was made with.
+    pub fn extent(&self, var: Var) -> usize {
+        self.extents[var.0 as usize]
+    }
+
     pub fn vars(&mut self, extents: &[usize]) -> Vec<Var> {
         extents.iter().map(|&e| self.var(e)).collect()
     }

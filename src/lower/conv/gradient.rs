@@ -21,13 +21,24 @@
 //!   correct but accumulates through memory (AlexNet's first layer, whose input gradient a
 //!   network does not need, is the kind that reaches it).
 //! - `dw[co, ci, k] = Σ_{n, o} dy_t[n, o, co] · xpad[n, g·Cg + ci, o·s + k·d]`, lanes over output
-//!   channels, rows over the last window axis; `db[co] = Σ_{n, o} dy_t[n, o, co]`.
+//!   channels, rows over the last window axis, the reduction cut into tiles that fit in cache
+//!   when `dy_t` is large (VGG's 112×112 layers: 2.1× faster, 2026-11-30); `db[co] =
+//!   Σ_{n, o} dy_t[n, o, co]`.
 
 use super::super::activation;
 use super::super::builder::{cst, fma, ix, ixs, local, set, Contraction, KernelBuilder, Tensor};
-use super::super::loops::{Expr, Index, Kernel, Stmt};
+use super::super::loops::{Expr, Index, Kernel, Stmt, Var};
 use super::{copy, window_positions, ConvTensors, Dims, MIN_CHANNEL_LANES};
 use crate::ir::{Activation, Conv};
+
+/// Most bytes of `dy_t` one tile of the weight gradient's reduction reads ([`Gradient::weight_channels`]):
+/// a quarter of the 1 MiB per-core L2 cache of the machine the figures were measured on, so that
+/// the tile stays there with the input rows it meets.
+const TILE_BYTES: usize = 256 * 1024;
+
+/// Fewest reduction steps a tile of the weight gradient sums in its nest: shorter ones spend
+/// their time loading and storing the partial sums.
+const MIN_TILE_STEPS: usize = 256;
 
 /// What every gradient kernel of one convolution reads.
 pub(super) struct Gradient<'a> {
@@ -324,15 +335,35 @@ impl Gradient<'_> {
         ]
         .concat();
         let dy_at = [vec![ix(n)], ixs(&out), vec![out_channel.clone()]].concat();
+        let dw_at = [vec![out_channel, ix(ci)], ixs(&window)].concat();
+        // The reduction over `n, *o` in tiles: the innermost of those loops whose slice of `dy_t`
+        // fits in [`TILE_BYTES`] are summed in the nest, the others run outside it (outside the
+        // channel and window loops too), so that each tile of `dy_t` is read from cache by every
+        // output instead of from memory. The sums then continue from what the previous tile
+        // stored in `dw`, zeroed first; each output still adds the same terms in the same order.
+        let reductions = [vec![n], out].concat();
+        let extents = [vec![dims.batch], dims.out_spatial.clone()].concat();
+        let row_bytes = 4 * conv.out_channels;
+        let mut inner = reductions.len();
+        let mut tile_bytes = row_bytes;
+        let mut steps = 1;
+        while inner > 0 && (tile_bytes * extents[inner - 1] <= TILE_BYTES || steps < MIN_TILE_STEPS)
+        {
+            inner -= 1;
+            tile_bytes *= extents[inner];
+            steps *= extents[inner];
+        }
+        let inner = inner.min(reductions.len() - 1);
+        let tiled = inner > 0;
         let nest = Contraction {
             rows: Some((rows, false)),
             lanes: co,
-            reductions: [vec![n], out].concat(),
-            init: cst(0.0),
+            reductions: reductions[inner..].to_vec(),
+            init: if tiled { dw.load(&dw_at) } else { cst(0.0) },
             a: self.t.scratch.get("dy_t").load(&dy_at),
             b: source.load(&x_at),
             out: dw.clone(),
-            at: [vec![out_channel, ix(ci)], ixs(&window)].concat(),
+            at: dw_at.clone(),
         };
         let nest = kb.contraction(nest, |acc| acc);
         let mut outer = [vec![g, ci], window[..last].to_vec()].concat();
@@ -346,7 +377,35 @@ impl Gradient<'_> {
             |best, i| if extents[i] > extents[best] { i } else { best },
         );
         let parallel = outer.remove(widest);
-        let top = kb.parallel_for(parallel, kb.nest(&outer, vec![nest]));
+        let per_tile = kb.nest(&outer, vec![nest]);
+        let body = if tiled {
+            // This iteration's outputs: `dw_at` over fresh loops but the parallel one.
+            let mut fresh = |v: Var| match v == parallel {
+                true => v,
+                false => kb.var(kb.extent(v)),
+            };
+            let (g0, ci0, co0) = (fresh(g), fresh(ci), fresh(co));
+            let window0: Vec<Var> = window.iter().map(|&v| fresh(v)).collect();
+            let at = [
+                vec![ix(g0) * dims.out_per_group as i64 + ix(co0), ix(ci0)],
+                ixs(&window0),
+            ]
+            .concat();
+            let zero_vars: Vec<Var> = [vec![g0, ci0], window0, vec![co0]]
+                .concat()
+                .into_iter()
+                .filter(|&v| v != parallel)
+                .collect();
+            let zero = dw.store(&at, cst(0.0));
+            [
+                kb.nest(&zero_vars, vec![zero]),
+                kb.nest(&reductions[..inner], per_tile),
+            ]
+            .concat()
+        } else {
+            per_tile
+        };
+        let top = kb.parallel_for(parallel, body);
         kb.finish(vec![top])
     }
 
