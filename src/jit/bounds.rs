@@ -274,22 +274,10 @@ pub(super) fn whole_multiple(terms: &[(Var, i128)], guard_terms: &[(Var, i128)])
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lower::loops::Loop;
-
-    fn index(terms: &[(u32, i64)], offset: i64) -> Index {
-        Index {
-            terms: terms.iter().map(|&(v, c)| (Var(v), c)).collect(),
-            offset,
-        }
-    }
+    use crate::lower::loops::test_builders::index;
 
     fn lp(var: u32, extent: usize, body: Vec<Stmt>) -> Stmt {
-        Stmt::Loop(Loop {
-            var: Var(var),
-            extent,
-            parallel: false,
-            body,
-        })
+        crate::lower::loops::test_builders::lp(var, extent, false, body)
     }
 
     fn store(buf: u32, index: Index) -> Stmt {

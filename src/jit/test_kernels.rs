@@ -1,23 +1,8 @@
 //! Small builders of loop IR kernels and a runner, shared by the JIT's unit tests.
 
 use super::{Buffers, CompileOptions, Compiled};
-use crate::lower::loops::{BufId, Expr, Index, Kernel, Loop, Stmt, Var};
-
-pub(crate) fn index(terms: &[(u32, i64)], offset: i64) -> Index {
-    Index {
-        terms: terms.iter().map(|&(v, c)| (Var(v), c)).collect(),
-        offset,
-    }
-}
-
-pub(crate) fn lp(var: u32, extent: usize, parallel: bool, body: Vec<Stmt>) -> Stmt {
-    Stmt::Loop(Loop {
-        var: Var(var),
-        extent,
-        parallel,
-        body,
-    })
-}
+pub(crate) use crate::lower::loops::test_builders::{index, lp};
+use crate::lower::loops::{BufId, Expr, Kernel, Stmt};
 
 pub(crate) fn load(buf: u32, terms: &[(u32, i64)], offset: i64) -> Box<Expr> {
     Box::new(Expr::Load(BufId(buf), index(terms, offset)))

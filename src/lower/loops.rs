@@ -229,3 +229,27 @@ fn visit_expr_uses(expr: &Expr, visit: &mut impl FnMut(Use)) {
         }
     }
 }
+
+/// Small builders of loop IR for unit tests, here and in the JIT's.
+#[cfg(test)]
+pub(crate) mod test_builders {
+    use super::{Index, Loop, Stmt, Var};
+
+    /// `Σ coeff·Var(var) + offset`.
+    pub(crate) fn index(terms: &[(u32, i64)], offset: i64) -> Index {
+        Index {
+            terms: terms.iter().map(|&(v, c)| (Var(v), c)).collect(),
+            offset,
+        }
+    }
+
+    /// `for Var(var) in 0..extent { body }`.
+    pub(crate) fn lp(var: u32, extent: usize, parallel: bool, body: Vec<Stmt>) -> Stmt {
+        Stmt::Loop(Loop {
+            var: Var(var),
+            extent,
+            parallel,
+            body,
+        })
+    }
+}

@@ -439,25 +439,15 @@ fn walk(stmts: &[Stmt], visit: &mut impl FnMut(&Stmt)) {
 mod tests {
     use super::*;
     use crate::lower::interp;
-    use crate::lower::loops::{Cond, Local, Loop};
+    use crate::lower::loops::test_builders::index;
+    use crate::lower::loops::{Cond, Local};
 
     const DX: BufId = BufId(0);
     const DY: BufId = BufId(1);
 
-    fn index(terms: &[(u32, i64)], offset: i64) -> Index {
-        Index {
-            terms: terms.iter().map(|&(v, c)| (Var(v), c)).collect(),
-            offset,
-        }
-    }
-
+    /// A loop, the top-level one (`Var(0)`) parallel.
     fn lp(var: u32, extent: usize, body: Vec<Stmt>) -> Stmt {
-        Stmt::Loop(Loop {
-            var: Var(var),
-            extent,
-            parallel: var == 0,
-            body,
-        })
+        crate::lower::loops::test_builders::lp(var, extent, var == 0, body)
     }
 
     fn kernel(name: &str, body: Vec<Stmt>) -> Kernel {
