@@ -572,9 +572,10 @@ fn define_pieces(
         }
         ids.push(kernel_ids);
     }
-    // The functions are independent (each calls nothing and has its constants in its own
-    // code), so they are compiled on every thread of the pool and only placed in the module
-    // one by one: the JIT compile time of LeNet roughly halves on 2 threads.
+    // The functions are compiled independently (a `Context` each, constants in their own
+    // code, a libcall, if any, left as a relocation the module resolves when it places the
+    // bytes), so on every thread of the pool; only placing them in the module is one by one.
+    // The JIT compile time of LeNet roughly halves on 2 threads.
     let isa = module.isa();
     let compiled: Vec<Result<CompiledBytes, JitError>> = jobs
         .par_iter()
