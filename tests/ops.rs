@@ -284,8 +284,8 @@ proptest! {
 
 /// Strided convolutions with enough input channels for their input gradient to be the
 /// correlation of the spread, padded `dy` (ResNet's downsampling 3×3 and 1×1 convolutions,
-/// stride 2; a stride of 3 with dilation; padding on one side only), with and without a fused
-/// activation.
+/// stride 2; a stride of 3 with dilation; padding on one side only, or beyond the kernel), with
+/// and without a fused activation.
 #[test]
 fn strided_wide_conv_input_gradients_match_reference() {
     let axis = |kernel, stride, dilation, padding, extra| ConvAxis {
@@ -299,6 +299,8 @@ fn strided_wide_conv_input_gradients_match_reference() {
         vec![axis(3, 2, 1, (1, 1), 5), axis(3, 2, 1, (1, 1), 4)],
         vec![axis(1, 2, 1, (0, 0), 6), axis(1, 2, 1, (0, 0), 7)],
         vec![axis(3, 3, 2, (2, 0), 4)],
+        // Padding beyond the kernel's reach: some of `dy` spreads outside the padded layout.
+        vec![axis(1, 2, 1, (2, 1), 5), axis(2, 2, 1, (2, 2), 3)],
     ];
     for (seed, axes) in cases.into_iter().enumerate() {
         let case = ConvCase {
