@@ -588,6 +588,14 @@ fn activated(
     }
 }
 
+/// A weight over 8 MiB (2048 × 1088): the forward (its sigmoid applied in a last pass) and the
+/// input gradient run cache-blocked, in tiles of the reduction (512 and 272 steps) summed on
+/// through the output (`dense::Product::tiled`).
+#[test]
+fn dense_layer_with_a_big_weight_matches_reference() {
+    check_dense(2, 2048, 1088, true, Some(Activation::Sigmoid), 1);
+}
+
 fn check_dense(
     batch: usize,
     in_features: usize,
