@@ -6,7 +6,9 @@
 //! and the sum stays in a register. Each output sums over its reduction index in increasing
 //! order, starting from the bias (forward), the accumulated `dx`, or 0, so the results do not
 //! depend on the JIT's blocking or the thread count. Rows are split into chunks of
-//! [`ROWS_PER_CHUNK`] under a parallel loop (`builder::row_chunks`).
+//! [`ROWS_PER_CHUNK`] under a parallel loop (`builder::row_chunks`); with a weight too big for
+//! the cache (AlexNet's, VGG's), the forward and the input gradient are cache-blocked instead
+//! ([`Product::tiled`]), with the same sums.
 
 use super::activation;
 use super::builder::{
