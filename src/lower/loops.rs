@@ -193,7 +193,8 @@ pub fn visit_uses(stmts: &[Stmt], visit: &mut impl FnMut(Use)) {
     }
 }
 
-fn visit_cond_uses(cond: &Cond, visit: &mut impl FnMut(Use)) {
+/// [`visit_uses`] for one condition.
+pub fn visit_cond_uses(cond: &Cond, visit: &mut impl FnMut(Use)) {
     match cond {
         Cond::InBounds(..) => {}
         Cond::Cmp(_, a, b) => {
@@ -207,7 +208,8 @@ fn visit_cond_uses(cond: &Cond, visit: &mut impl FnMut(Use)) {
     }
 }
 
-fn visit_expr_uses(expr: &Expr, visit: &mut impl FnMut(Use)) {
+/// [`visit_uses`] for one expression.
+pub fn visit_expr_uses(expr: &Expr, visit: &mut impl FnMut(Use)) {
     match expr {
         Expr::Const(_) | Expr::IndexValue(_) => {}
         Expr::Load(buf, _) => visit(Use::Load(*buf)),

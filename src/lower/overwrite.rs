@@ -16,7 +16,10 @@
 //! element written twice or not written, or more than [`MAX_ENUMERATED`] iterations, and the
 //! zeroing stays.
 
-use super::loops::{BinOp, BufId, Expr, Index, Kernel, Stmt, Var};
+use super::loops::{
+    visit_cond_uses, visit_expr_uses, visit_uses, BinOp, BufId, Cond, Expr, Index, Kernel, Stmt,
+    Use, Var,
+};
 
 /// Above this many written elements (kernel iterations) the check is not attempted; the
 /// largest LeNet gradient at batch 256 is 1.2M elements, a ResNet-18 one at batch 8 1.6M.
@@ -77,11 +80,8 @@ fn zeroed_buffer(kernel: &Kernel) -> Option<BufId> {
 /// Whether any statement or expression of `stmts` reads or writes `buf`.
 fn touches(stmts: &[Stmt], buf: BufId) -> bool {
     let mut found = false;
-    super::loops::visit_uses(stmts, &mut |item| {
-        use super::loops::Use;
-        if matches!(item, Use::Load(b) | Use::Store(b) | Use::Accumulate(b) if b == buf) {
-            found = true;
-        }
+    visit_uses(stmts, &mut |item| {
+        found |= matches!(item, Use::Load(b) | Use::Store(b) | Use::Accumulate(b) if b == buf);
     });
     found
 }
@@ -174,22 +174,17 @@ fn intervals(sites: &[Site], len: usize) -> Option<Vec<(usize, usize)>> {
 
 /// How many writes the sites make (`None` past `usize`).
 fn writes(sites: &[Site]) -> Option<usize> {
-    sites.iter().try_fold(0usize, |total, site| {
-        let count =
-            (site.loops.iter()).try_fold(1usize, |n, &(_, extent)| n.checked_mul(extent))?;
-        total.checked_add(count)
-    })
+    (sites.iter()).try_fold(0usize, |total, site| total.checked_add(site.count()?))
 }
 
 /// Whether a loop of more than one iteration around the site leaves its index unchanged.
 fn repeats(site: &Site) -> bool {
-    site.loops.iter().any(|&(var, extent)| {
-        extent > 1
-            && (site.index.terms.iter().filter(|(v, _)| *v == var))
-                .map(|(_, c)| c)
-                .sum::<i64>()
-                == 0
-    })
+    (site.loops.iter()).any(|&(var, extent)| extent > 1 && site.coefficient(var) == 0)
+}
+
+/// Whether every variable of the site's index is one of its loops'.
+fn uses_only_its_loops(site: &Site) -> bool {
+    (site.index.terms.iter()).all(|(v, _)| site.loops.iter().any(|(w, _)| w == v))
 }
 
 /// `(coefficient, extent)` of the loops a write moves with, sorted.
@@ -199,18 +194,12 @@ type Dims = Vec<(i64, usize)>;
 /// loop of more than one iteration, sorted; `None` when a coefficient is not positive (an
 /// element written twice) or the index uses a variable of no enclosing loop.
 fn lattice(site: &Site) -> Option<(Dims, i64)> {
-    let terms = &site.index.terms;
-    if terms
-        .iter()
-        .any(|(v, _)| !site.loops.iter().any(|(w, _)| w == v))
-    {
+    if !uses_only_its_loops(site) {
         return None;
     }
     let mut dims = Vec::new();
     for &(var, extent) in &site.loops {
-        let coeff: i64 = (terms.iter().filter(|(v, _)| *v == var))
-            .map(|(_, c)| c)
-            .sum();
+        let coeff = site.coefficient(var);
         match extent {
             0 => return Some((vec![(1, 0)], 0)),
             1 => {}
@@ -276,6 +265,20 @@ struct Site<'a> {
     index: &'a Index,
 }
 
+impl Site<'_> {
+    /// The index's coefficient of `var` (0 when the index does not move with it).
+    fn coefficient(&self, var: Var) -> i64 {
+        (self.index.terms.iter().filter(|(v, _)| *v == var))
+            .map(|(_, c)| c)
+            .sum()
+    }
+
+    /// How many times the site writes (`None` past `usize`).
+    fn count(&self) -> Option<usize> {
+        (self.loops.iter()).try_fold(1usize, |n, &(_, extent)| n.checked_mul(extent))
+    }
+}
+
 /// Collects the writes of `buf` in `stmts`; `None` if one is under an `if`.
 fn sites<'a>(
     stmts: &'a [Stmt],
@@ -309,20 +312,15 @@ fn sites<'a>(
 fn for_each_index(sites: &[Site], len: usize, visit: &mut impl FnMut(usize)) -> Option<()> {
     let mut total = 0usize;
     for site in sites {
-        let count = site
-            .loops
-            .iter()
-            .try_fold(1usize, |n, &(_, extent)| n.checked_mul(extent))?;
+        let count = site.count()?;
         total = total.checked_add(count)?;
-        if total > MAX_ENUMERATED {
+        if total > MAX_ENUMERATED || !uses_only_its_loops(site) {
             return None;
         }
         // Coefficient of each enclosing loop, innermost last.
-        let mut coeffs = vec![0i64; site.loops.len()];
-        for &(var, coeff) in &site.index.terms {
-            let position = site.loops.iter().rposition(|&(v, _)| v == var)?;
-            coeffs[position] += coeff;
-        }
+        let coeffs: Vec<i64> = (site.loops.iter())
+            .map(|&(v, _)| site.coefficient(v))
+            .collect();
         if count == 0 {
             continue;
         }
@@ -401,26 +399,18 @@ fn rewrite(stmts: &[Stmt], buf: BufId) -> Option<Vec<Stmt>> {
     Some(out)
 }
 
+/// Whether `expr` loads from `buf`.
 fn expr_reads(expr: &Expr, buf: BufId) -> bool {
-    match expr {
-        Expr::Const(_) | Expr::Local(_) | Expr::IndexValue(_) => false,
-        Expr::Load(b, _) => *b == buf,
-        Expr::Unary(_, a) => expr_reads(a, buf),
-        Expr::Binary(_, a, b) => expr_reads(a, buf) || expr_reads(b, buf),
-        Expr::Fma(a, b, c) => expr_reads(a, buf) || expr_reads(b, buf) || expr_reads(c, buf),
-        Expr::Select(cond, a, b) => {
-            cond_reads(cond, buf) || expr_reads(a, buf) || expr_reads(b, buf)
-        }
-    }
+    let mut found = false;
+    visit_expr_uses(expr, &mut |item| found |= item == Use::Load(buf));
+    found
 }
 
-fn cond_reads(cond: &super::loops::Cond, buf: BufId) -> bool {
-    use super::loops::Cond;
-    match cond {
-        Cond::InBounds(..) => false,
-        Cond::Cmp(_, a, b) => expr_reads(a, buf) || expr_reads(b, buf),
-        Cond::And(a, b) => cond_reads(a, buf) || cond_reads(b, buf),
-    }
+/// Whether `cond` loads from `buf`.
+fn cond_reads(cond: &Cond, buf: BufId) -> bool {
+    let mut found = false;
+    visit_cond_uses(cond, &mut |item| found |= item == Use::Load(buf));
+    found
 }
 
 /// Calls `visit` for every statement of `stmts`, loops' bodies included.
@@ -440,7 +430,7 @@ mod tests {
     use super::*;
     use crate::lower::interp;
     use crate::lower::loops::test_builders::index;
-    use crate::lower::loops::{Cond, Local};
+    use crate::lower::loops::Local;
 
     const DX: BufId = BufId(0);
     const DY: BufId = BufId(1);
