@@ -539,18 +539,11 @@ mod tests {
                 engine.update(&mut optimizer);
             }
             // Inference packs the updated weights; a second one reuses them, to the bit.
-            let first: Vec<u32> = engine
-                .infer(&input)
-                .unwrap()
-                .iter()
-                .map(|v| v.to_bits())
-                .collect();
-            let again: Vec<u32> = engine
-                .infer(&input)
-                .unwrap()
-                .iter()
-                .map(|v| v.to_bits())
-                .collect();
+            let mut infer_bits = || -> Vec<u32> {
+                let output = engine.infer(&input).unwrap();
+                output.iter().map(|v| v.to_bits()).collect()
+            };
+            let (first, again) = (infer_bits(), infer_bits());
             assert_eq!(first, again, "{}: repeated inference", graph.name);
             // A training step without an update (it may reuse the packed copies' memory, and
             // batchnorm updates its running statistics), then inference again.
