@@ -238,8 +238,8 @@ impl Translator<'_> {
             // x64's `fma` overwrites its first multiplicand (Cranelift 0.135 emits only the
             // forms that tie the destination to one), so an operand other sites still use is
             // copied first. Putting first the operand this site uses last saves that copy
-            // (conv1's weight gradient shares each `dy` vector across 4 rows: 6 copies per
-            // step). `a·b` and `b·a` round the same, so the sums are unchanged.
+            // (conv1's weight gradient shares each `dy` vector across 4 rows: it would take 6
+            // copies a step). `a·b` and `b·a` round the same, so the sums are unchanged.
             let mut remaining: HashMap<(bool, i64, i64), usize> = HashMap::new();
             for &site in &sites {
                 for is_b in [false, true] {
