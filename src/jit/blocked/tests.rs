@@ -289,7 +289,7 @@ fn random_nests_are_bitwise_the_plain_translation_and_the_interpreter() {
         let rows = if layout == 0 { 1 } else { 1 + rng.below(9) };
         let lanes = 1 + rng.below(13);
         let reductions: Vec<usize> = (0..1 + rng.below(3))
-            .map(|_| if rng.chance(5) { 0 } else { 1 + rng.below(4) })
+            .map(|_| if rng.chance(5) { 0 } else { 1 + rng.below(5) })
             .collect();
         let mut outer_vars = vec![(LANE, lanes)];
         if layout != 0 {
@@ -342,7 +342,12 @@ fn random_nests_are_bitwise_the_plain_translation_and_the_interpreter() {
         let bufs = random_buffers(&mut generator.rng, &lens);
         let threads = 1 + generator.rng.below(3);
         let (blocked, plain) = both_ways(&kernel, &bufs, threads);
-        assert_eq!(bits(&blocked), bits(&plain), "seed {seed}\n{kernel:#?}");
+        assert_eq!(
+            bits(&blocked),
+            bits(&plain),
+            "seed {seed}\n{}",
+            crate::lower::print::kernel_text(&kernel, &|b| format!("b{}", b.0))
+        );
         let mut expected: Vec<Vec<f32>> = (0..4).map(|b| bufs.get(BufId(b)).to_vec()).collect();
         interp::run(&kernel, &mut expected).expect("interpreter runs");
         let got = blocked.get(OUT);
