@@ -11,6 +11,7 @@ pub mod interp;
 pub mod join;
 pub mod loops;
 pub mod loss;
+mod map;
 pub mod memory;
 pub mod norm;
 mod overwrite;

@@ -110,6 +110,30 @@ fn covering_rewrite(zeroing: &Kernel, user: &Kernel, buf: BufId, len: usize) -> 
     rewrite(&user.body, buf)
 }
 
+/// Whether `kernel` stores every element of `buf` (`0..len`) exactly once, outside any `if`,
+/// and neither reads it nor adds into it (`map.rs` folds a map of `buf` into such a kernel).
+pub(super) fn stores_each_once(kernel: &Kernel, buf: BufId, len: usize) -> bool {
+    let mut plain_stores = true;
+    visit_uses(&kernel.body, &mut |item| {
+        plain_stores &= !matches!(item, Use::Load(b) | Use::Accumulate(b) if b == buf);
+    });
+    let mut written = Vec::new();
+    if !plain_stores || sites(&kernel.body, buf, &mut Vec::new(), &mut written).is_none() {
+        return false;
+    }
+    match intervals(&written, len) {
+        Some(runs) => same_cover(vec![(0, len)], runs),
+        None if written.iter().any(repeats) => false,
+        None => {
+            let mut count = vec![0u8; len];
+            let enumerated = for_each_index(&written, len, &mut |i| {
+                count[i] = count[i].saturating_add(1)
+            });
+            enumerated.is_some() && count.iter().all(|&c| c == 1)
+        }
+    }
+}
+
 /// Whether the `written` runs are disjoint and cover exactly what the `zeroed` runs cover.
 fn same_cover(mut zeroed: Vec<(usize, usize)>, mut written: Vec<(usize, usize)>) -> bool {
     zeroed.sort_unstable();

@@ -23,7 +23,7 @@
 use super::builder::{cst, ix, KernelBuilder, Scratch, ScratchSpec, Tensor};
 use super::loops::{visit_uses, BufId, Kernel, Use};
 use super::loss::LossTensors;
-use super::{activation, conv, dense, dropout, join, loss, memory, norm, overwrite, pool};
+use super::{activation, conv, dense, dropout, join, loss, map, memory, norm, overwrite, pool};
 use crate::ir::{BatchNorm, Graph, Loss, Node, NodeId, Op, ParamId};
 use crate::passes::fold;
 
@@ -167,7 +167,10 @@ pub fn plan(graph: &Graph, batch: usize, loss: Loss) -> Plan {
     let backward = memory::sink_initialisers(&kernels, &backward);
     // ... and not at all when its first user writes all of it once (`overwrite`).
     let lens: Vec<usize> = table.decls.iter().map(|d| d.len).collect();
-    let (backward, dropped) = overwrite::skip_zeroing(&mut kernels, &backward, &lens);
+    let (backward, mut dropped) = overwrite::skip_zeroing(&mut kernels, &backward, &lens);
+    // An element-wise map (an activation's gradient) stored by the kernel producing its input.
+    let (backward, folded) = map::fold_maps(&mut kernels, &backward, &lens, &dropped);
+    dropped.extend(folded);
     let renumber = remove_kernels(&mut kernels, &dropped);
     let renumbered = |sequence: Vec<usize>| sequence.into_iter().map(|k| renumber[k]).collect();
     let (infer, train_forward, backward): (Vec<usize>, Vec<usize>, Vec<usize>) = (
