@@ -97,7 +97,7 @@ try:
     value = json.load(open(sys.argv[1]))
     for key in sys.argv[2].split("."):
         value = value[key]
-    print(value)
+    print("-" if value is None else value)
 except (OSError, ValueError, KeyError, TypeError):
     print("-")
 EOF
@@ -165,6 +165,9 @@ done
 C[compile]="$(json "$work/cnnc_256.json" compile_seconds)"
 peak="$(json "$work/cnnc_256.json" peak_bytes)"
 peak_unshared="$(json "$work/cnnc_256.json" peak_bytes_unshared)"
+machine_peak="$(json "$work/cnnc_256.json" peak_gflops)"
+machine_lanes="$(json "$work/cnnc_256.json" peak_lanes)"
+f32x4_peak="$(json "$work/cnnc_256.json" f32x4_peak_gflops)"
 if $full; then
     start="$(now)"
     # The same data as the peers (the model's own train section says mnist).
@@ -245,6 +248,11 @@ echo
 if [[ "$peak" != "-" ]]; then
     echo "cnnc peak memory at batch 256: $(fmt "$(div "$peak" 1048576)" 1) MiB" \
         "(planned; $(fmt "$(div "$peak_unshared" 1048576)" 1) MiB without sharing)"
+fi
+if [[ "$f32x4_peak" != "-" ]]; then
+    echo "Machine peak on $threads threads, as cnnc bench measured it: $(fmt "$machine_peak" 0)" \
+        "GFLOP/s with $machine_lanes-lane FMAs, $(fmt "$f32x4_peak" 0) with the 4-lane ones of" \
+        "cnnc's generated code (cnnc's batch-256 training step: $(fmt "$(json "$work/cnnc_256.json" gflops.train)" 0))"
 fi
 echo "cnnc: 'cnnc bench' (steady-state step on one fixed batch); peers: median epoch of real data."
 echo "Load average after the run: $(uptime | sed 's/.*load average: //')"

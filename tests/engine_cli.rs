@@ -527,6 +527,23 @@ fn bench_reports_the_documented_json_keys() {
             .is_some_and(|b| b as usize >= floor),
         "{json}"
     );
+    // The peak is measured where the CPU has FMA (every x86-64 host this runs on), and the
+    // fraction is of it.
+    let source = json["peak_source"].as_str().expect("peak_source");
+    assert!(source == "measured" || source == "unknown", "{json}");
+    if source == "measured" {
+        let peak = json["peak_gflops"].as_f64().expect("a measured peak");
+        let fraction = json["peak_fraction"]["train"].as_f64().expect("a fraction");
+        let gflops = json["gflops"]["train"].as_f64().expect("train GFLOP/s");
+        assert!(
+            peak > 0.0 && (fraction - gflops / peak).abs() < 1e-9,
+            "{json}"
+        );
+        assert!(
+            [4, 8, 16].contains(&json["peak_lanes"].as_u64().expect("lanes")),
+            "{json}"
+        );
+    }
     let layers = json["layers"]
         .as_array()
         .expect("--layers adds per-kernel rows");

@@ -5,8 +5,9 @@
 //! Figures: images per second; achieved GFLOP/s counting 2 flops per multiply-add of
 //! `ir::params` (conv and dense products only), where a training step counts 3 × the forward
 //! multiply-adds (forward, input gradient, weight gradient, as is customary); the fraction of
-//! the machine's peak; the JIT compile time of every kernel (forward and backward); and the
-//! peak memory, which is the engine's workspace (activations, gradients, parameters, with
+//! the machine's peak (measured on the bench's threads by `runtime::peak`, or `--peak`); the
+//! JIT compile time of every kernel (forward and backward); and the peak memory, which is the
+//! engine's workspace (activations, gradients, parameters, with
 //! activations and gradients sharing memory as `lower::memory` plans) plus the optimiser's
 //! state, all allocated once, beside what it would be without sharing. `--layers` times each
 //! kernel of the plan alone with `Compiled::run`, grouped by layer. `--no-fuse` lowers the
@@ -27,10 +28,38 @@ use crate::lower::step::{plan, BufferRole, Plan};
 use crate::runtime::engine::{Engine, EngineError, Fusion, Memory, Truth};
 use crate::runtime::init::initialize;
 use crate::runtime::optim::{Optimizer, OptimizerState};
+use crate::runtime::peak::{self, Peak};
 
-/// This machine's fp32 peak: 2 cores × 3.66 GHz × 32 flops per cycle (two 8-wide FMA units).
-/// Generated `f32x4` code can reach at most half of it. Override with `--peak`.
-pub const DEFAULT_PEAK_GFLOPS: f64 = 234.0;
+/// The peak the figures are a fraction of: given with `--peak`, else measured on the bench's
+/// threads (`runtime::peak`), else unknown.
+#[derive(Clone, Copy, Debug)]
+enum PeakFigure {
+    Given(f64),
+    Measured(Peak),
+    Unknown,
+}
+
+impl PeakFigure {
+    fn gflops(self) -> Option<f64> {
+        match self {
+            PeakFigure::Given(g) => Some(g),
+            PeakFigure::Measured(p) => Some(p.gflops),
+            PeakFigure::Unknown => None,
+        }
+    }
+
+    fn describe(self, threads: usize) -> String {
+        match self {
+            PeakFigure::Given(g) => format!("peak {g} GFLOP/s (given)"),
+            PeakFigure::Measured(p) => format!(
+                "peak {:.1} GFLOP/s (measured: {threads} threads of {}-lane FMAs; with 4-lane \
+                 ones, the generated code's, {:.1})",
+                p.gflops, p.lanes, p.f32x4_gflops
+            ),
+            PeakFigure::Unknown => "peak unknown on this CPU (give it with --peak)".into(),
+        }
+    }
+}
 
 /// How long each measurement runs, at least (and at least [`MIN_ITERATIONS`] iterations).
 const MEASURE_SECONDS: f64 = 1.0;
@@ -43,7 +72,8 @@ pub struct Args<'a> {
     pub batch: usize,
     pub threads: Option<usize>,
     pub layers: bool,
-    pub peak_gflops: f64,
+    /// `None`: measured.
+    pub peak_gflops: Option<f64>,
     pub fusion: Fusion,
     pub format: Format,
 }
@@ -164,7 +194,10 @@ pub fn run(args: &Args, sources: &mut crate::span::SourceMap) -> Result<String, 
         train_seconds,
         infer_gflops,
         train_gflops,
-        peak_gflops: args.peak_gflops,
+        peak: match args.peak_gflops {
+            Some(g) => PeakFigure::Given(g),
+            None => peak::measure().map_or(PeakFigure::Unknown, PeakFigure::Measured),
+        },
         buffer_bytes,
         unshared_buffer_bytes,
         optimizer_bytes,
@@ -208,7 +241,7 @@ struct Figures<'a> {
     train_seconds: f64,
     infer_gflops: f64,
     train_gflops: f64,
-    peak_gflops: f64,
+    peak: PeakFigure,
     /// The workspace, planned; and what it would be if no buffers shared memory.
     buffer_bytes: usize,
     unshared_buffer_bytes: usize,
@@ -224,12 +257,15 @@ impl Figures<'_> {
     fn text(&self, layers: Option<&[KernelTime]>) -> String {
         let mib = |bytes: usize| bytes as f64 / (1024.0 * 1024.0);
         let row = |label: &str, seconds: f64, gflops: f64| {
+            let fraction = match self.peak.gflops() {
+                Some(peak) => format!("{:.1}%", 100.0 * gflops / peak),
+                None => "-".into(),
+            };
             format!(
-                "{label:<15}{:>12}{:>12.3}{:>10.2}{:>9.1}%\n",
+                "{label:<15}{:>12}{:>12.3}{:>10.2}{fraction:>10}\n",
                 rate(self.images_per_second(seconds)),
                 seconds * 1e3,
                 gflops,
-                100.0 * gflops / self.peak_gflops
             )
         };
         let mut out = format!(
@@ -251,11 +287,11 @@ impl Figures<'_> {
         out += &row("training step", self.train_seconds, self.train_gflops);
         out += &format!(
             "\nGFLOP/s count 2 flops per multiply-add ({} per image); a training step counts 3x the \
-             forward's; peak {} GFLOP/s\n\
+             forward's; {}\n\
              peak memory: {:.2} MiB (planned; {:.2} MiB without sharing): workspace {:.2} MiB + \
              optimiser state {:.2} MiB\n",
             self.macs_per_image,
-            self.peak_gflops,
+            self.peak.describe(self.threads),
             mib(self.buffer_bytes + self.optimizer_bytes),
             mib(self.unshared_buffer_bytes + self.optimizer_bytes),
             mib(self.buffer_bytes),
@@ -280,11 +316,24 @@ impl Figures<'_> {
             "train_seconds_per_batch": self.train_seconds,
             "macs_per_image": self.macs_per_image,
             "gflops": { "infer": self.infer_gflops, "train": self.train_gflops },
-            "peak_gflops": self.peak_gflops,
-            "peak_fraction": {
-                "infer": self.infer_gflops / self.peak_gflops,
-                "train": self.train_gflops / self.peak_gflops,
+            "peak_gflops": self.peak.gflops(),
+            "peak_source": match self.peak {
+                PeakFigure::Given(_) => "given",
+                PeakFigure::Measured(_) => "measured",
+                PeakFigure::Unknown => "unknown",
             },
+            "peak_lanes": match self.peak {
+                PeakFigure::Measured(p) => Some(p.lanes),
+                _ => None,
+            },
+            "f32x4_peak_gflops": match self.peak {
+                PeakFigure::Measured(p) => Some(p.f32x4_gflops),
+                _ => None,
+            },
+            "peak_fraction": self.peak.gflops().map(|peak| json!({
+                "infer": self.infer_gflops / peak,
+                "train": self.train_gflops / peak,
+            })),
             "peak_bytes": self.buffer_bytes + self.optimizer_bytes,
             "buffer_bytes": self.buffer_bytes,
             "peak_bytes_unshared": self.unshared_buffer_bytes + self.optimizer_bytes,
@@ -467,4 +516,70 @@ fn layers_text(kernels: &[KernelTime]) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn figures(peak: PeakFigure) -> Figures<'static> {
+        Figures {
+            network: "net",
+            batch: 4,
+            threads: 2,
+            optimizer: "sgd",
+            compile_seconds: 0.01,
+            infer_seconds: 0.001,
+            train_seconds: 0.004,
+            infer_gflops: 10.0,
+            train_gflops: 30.0,
+            peak,
+            buffer_bytes: 1024,
+            unshared_buffer_bytes: 2048,
+            optimizer_bytes: 0,
+            macs_per_image: 100,
+        }
+    }
+
+    #[test]
+    fn the_fraction_is_of_the_given_or_measured_peak_and_absent_without_one() {
+        let json = |peak| -> serde_json::Value {
+            serde_json::from_str(&figures(peak).json(None)).expect("valid JSON")
+        };
+        let given = json(PeakFigure::Given(120.0));
+        assert_eq!(given["peak_source"], "given");
+        assert_eq!(given["peak_gflops"], 120.0);
+        assert_eq!(given["peak_fraction"]["train"], 0.25);
+        let measured = json(PeakFigure::Measured(Peak {
+            gflops: 300.0,
+            lanes: 16,
+            f32x4_gflops: 75.0,
+        }));
+        assert_eq!(measured["peak_source"], "measured");
+        assert_eq!(
+            measured["peak_fraction"]["infer"].as_f64(),
+            Some(10.0 / 300.0)
+        );
+        assert_eq!(
+            (
+                measured["peak_lanes"].clone(),
+                measured["f32x4_peak_gflops"].clone()
+            ),
+            (16.into(), 75.0.into())
+        );
+        let unknown = json(PeakFigure::Unknown);
+        assert_eq!(unknown["peak_source"], "unknown");
+        assert!(unknown["peak_gflops"].is_null() && unknown["peak_fraction"].is_null());
+
+        let text = figures(PeakFigure::Unknown).text(None);
+        assert!(
+            text.contains("peak unknown on this CPU (give it with --peak)"),
+            "{text}"
+        );
+        let text = figures(PeakFigure::Given(120.0)).text(None);
+        assert!(
+            text.contains("25.0%") && text.contains("peak 120 GFLOP/s (given)"),
+            "{text}"
+        );
+    }
 }

@@ -125,9 +125,10 @@ enum Command {
         /// Also time every kernel of the plan, grouped by layer.
         #[arg(long)]
         layers: bool,
-        /// The machine's peak in GFLOP/s, for the fraction reached.
-        #[arg(long, default_value_t = bench::DEFAULT_PEAK_GFLOPS)]
-        peak: f64,
+        /// The machine's peak in GFLOP/s, for the fraction reached (default: measured on the
+        /// bench's threads with the widest FMA vectors the CPU has).
+        #[arg(long)]
+        peak: Option<f64>,
         /// Lower the graph as written, without the fusion passes (to measure what they give).
         #[arg(long)]
         no_fuse: bool,

@@ -9,6 +9,7 @@
 //! - [`init`]: PyTorch's default and Xavier initialisation.
 //! - [`report`]: progress bar, epoch line, JSON-lines log and SVG plot, all as strings.
 //! - [`engines`]: one network compiled for several batch sizes, sharing its parameters.
+//! - [`peak`]: the machine's fp32 peak, measured (for `cnnc bench`).
 //! - [`train`]: the training loop; [`eval`]: accuracy and confusion matrix in inference mode.
 //!
 //! Nothing here prints: errors are values naming the file, array or tensor at fault, and notes
@@ -25,6 +26,7 @@ pub mod engines;
 pub mod eval;
 pub mod init;
 pub mod optim;
+pub mod peak;
 pub mod report;
 pub mod schedule;
 pub mod tensors;
