@@ -427,6 +427,16 @@ impl Compiled {
         Ok(())
     }
 
+    /// Whether [`Self::run`] splits a piece of kernel `k` over more than one of `threads`
+    /// threads (false for an unknown kernel).
+    pub fn splits(&self, k: usize, threads: usize) -> bool {
+        (self.kernels.get(k).into_iter().flatten()).any(|piece| {
+            piece.parallel_extent.is_some_and(|extent| {
+                parts(threads, extent, piece.work, self.min_work_per_part) > 1
+            })
+        })
+    }
+
     pub fn compile_seconds(&self) -> f64 {
         self.compile_seconds
     }
