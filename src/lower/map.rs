@@ -75,40 +75,24 @@ fn map(kernel: &Kernel) -> Option<Map<'_>> {
         match stmts.as_slice() {
             [Stmt::Loop(lp)] => stmts = &lp.body,
             [Stmt::Store(out, index, value)] => {
-                let mut element_wise = true;
-                check_expr(value, &mut |e| {
-                    element_wise &= match e {
-                        Expr::Load(b, i) => b != out && i == index,
-                        Expr::Const(_) | Expr::Unary(..) | Expr::Binary(..) | Expr::Fma(..) => true,
-                        Expr::Local(_) | Expr::IndexValue(_) | Expr::Select(..) => false,
-                    }
-                });
-                return element_wise.then_some(Map { out: *out, value });
+                return element_wise(value, *out, index).then_some(Map { out: *out, value });
             }
             _ => return None,
         }
     }
 }
 
-/// Calls `visit` on `expr` and every expression inside it.
-fn check_expr(expr: &Expr, visit: &mut impl FnMut(&Expr)) {
-    visit(expr);
-    match expr {
-        Expr::Unary(_, a) => check_expr(a, visit),
-        Expr::Binary(_, a, b) => {
-            check_expr(a, visit);
-            check_expr(b, visit);
-        }
-        Expr::Fma(a, b, c) => {
-            check_expr(a, visit);
-            check_expr(b, visit);
-            check_expr(c, visit);
-        }
-        Expr::Select(_, a, b) => {
-            check_expr(a, visit);
-            check_expr(b, visit);
-        }
-        Expr::Const(_) | Expr::Load(..) | Expr::Local(_) | Expr::IndexValue(_) => {}
+/// Whether `value` reads no buffer but at `index`, never `out`, and nothing but loads and
+/// arithmetic (no locals, index values or selects).
+fn element_wise(value: &Expr, out: BufId, index: &Index) -> bool {
+    let go = |e: &Expr| element_wise(e, out, index);
+    match value {
+        Expr::Load(b, i) => *b != out && i == index,
+        Expr::Const(_) => true,
+        Expr::Unary(_, a) => go(a),
+        Expr::Binary(_, a, b) => go(a) && go(b),
+        Expr::Fma(a, b, c) => go(a) && go(b) && go(c),
+        Expr::Local(_) | Expr::IndexValue(_) | Expr::Select(..) => false,
     }
 }
 
@@ -291,6 +275,20 @@ mod tests {
         )
     }
 
+    /// `sink[i] = buf[i]` for every `i`: a kernel reading `buf`.
+    fn reads(buf: BufId) -> Kernel {
+        let i = || index(&[(0, 1)], 0);
+        kernel(
+            "reader",
+            vec![lp(
+                0,
+                LEN,
+                true,
+                vec![Stmt::Store(SINK, i(), load(buf, i()))],
+            )],
+        )
+    }
+
     fn lens() -> Vec<usize> {
         vec![LEN / 2, LEN, LEN, LEN]
     }
@@ -363,37 +361,14 @@ mod tests {
         outer.body.pop();
         assert!(unchanged(vec![half, sigmoid_grad(0)], &[0, 1]));
         // Another kernel reads the input.
-        let reader = kernel(
-            "g.reader",
-            vec![lp(
-                0,
-                LEN,
-                true,
-                vec![Stmt::Store(
-                    SINK,
-                    index(&[(0, 1)], 0),
-                    load(G, index(&[(0, 1)], 0)),
-                )],
-            )],
-        );
-        assert!(unchanged(vec![stores(), sigmoid_grad(0), reader], &[0, 1]));
+        assert!(unchanged(
+            vec![stores(), sigmoid_grad(0), reads(G)],
+            &[0, 1]
+        ));
         // A kernel between them writes the map's other input (which a later kernel reads,
         // so the map cannot go into that one either).
-        let reads_y = kernel(
-            "y.reader",
-            vec![lp(
-                0,
-                LEN,
-                true,
-                vec![Stmt::Store(
-                    SINK,
-                    index(&[(0, 1)], 0),
-                    load(Y, index(&[(0, 1)], 0)),
-                )],
-            )],
-        );
         assert!(unchanged(
-            vec![stores(), writes_y(), sigmoid_grad(0), reads_y],
+            vec![stores(), writes_y(), sigmoid_grad(0), reads(Y)],
             &[0, 1, 2, 3]
         ));
     }

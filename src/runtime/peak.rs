@@ -33,7 +33,7 @@ pub struct Peak {
 pub fn measure() -> Option<Peak> {
     let widest = kernels::widest()?;
     let narrow = kernels::f32x4()?;
-    let rate = |kernel: kernels::Kernel| -> f64 {
+    let rate = |kernel: Kernel| -> f64 {
         rayon::broadcast(|_| best_rate(kernel)).iter().sum::<f64>() / 1e9
     };
     Some(Peak {
@@ -43,8 +43,15 @@ pub fn measure() -> Option<Peak> {
     })
 }
 
+/// A measuring loop: `run(n)` does `n · CHAINS` multiply-adds of `lanes` lanes.
+#[derive(Clone, Copy)]
+struct Kernel {
+    lanes: usize,
+    run: fn(u64) -> f32,
+}
+
 /// The fastest of [`RUNS`] runs of `kernel` on this thread, in flop/s.
-fn best_rate(kernel: kernels::Kernel) -> f64 {
+fn best_rate(kernel: Kernel) -> f64 {
     let flops = (ITERATIONS * CHAINS as u64 * kernel.lanes as u64 * 2) as f64;
     let mut best = 0.0f64;
     for _ in 0..RUNS {
@@ -64,14 +71,7 @@ mod kernels {
     use std::arch::x86_64::*;
     use std::hint::black_box;
 
-    use super::CHAINS;
-
-    /// A measuring loop: `run(n)` does `n · CHAINS` multiply-adds of `lanes` lanes.
-    #[derive(Clone, Copy)]
-    pub(super) struct Kernel {
-        pub(super) lanes: usize,
-        pub(super) run: fn(u64) -> f32,
-    }
+    use super::{Kernel, CHAINS};
 
     /// The widest vectors this CPU multiply-adds in.
     pub(super) fn widest() -> Option<Kernel> {
@@ -101,78 +101,63 @@ mod kernels {
         })
     }
 
-    // Each: `CHAINS` accumulators, each `acc = acc·m + c` per iteration (m ≈ 1, so nothing
-    // overflows or goes subnormal), summed at the end so that none is optimised away.
-
-    #[target_feature(enable = "avx512f")]
-    unsafe fn fma_512(n: u64) -> f32 {
-        let (m, c) = (
-            _mm512_set1_ps(black_box(0.999_999)),
-            _mm512_set1_ps(black_box(1e-6)),
-        );
-        let mut acc = [_mm512_set1_ps(1.0); CHAINS];
-        for _ in 0..n {
-            for a in &mut acc {
-                *a = _mm512_fmadd_ps(*a, m, c);
+    /// `unsafe fn $name(n: u64) -> f32` for the CPU feature `$feature`: `CHAINS` accumulators,
+    /// each `acc = acc·m + c` per iteration (m ≈ 1, so nothing overflows or goes subnormal),
+    /// summed at the end so that none is optimised away.
+    macro_rules! fma_chains {
+        ($name:ident, $feature:literal, $lanes:literal, $set1:ident, $fmadd:ident, $add:ident, $store:ident) => {
+            #[target_feature(enable = $feature)]
+            unsafe fn $name(n: u64) -> f32 {
+                let (m, c) = ($set1(black_box(0.999_999)), $set1(black_box(1e-6)));
+                let mut acc = [$set1(1.0); CHAINS];
+                for _ in 0..n {
+                    for a in &mut acc {
+                        *a = $fmadd(*a, m, c);
+                    }
+                }
+                let mut sum = $set1(0.0);
+                for a in acc {
+                    sum = $add(sum, a);
+                }
+                let mut lanes = [0.0f32; $lanes];
+                $store(lanes.as_mut_ptr(), sum);
+                lanes.iter().sum()
             }
-        }
-        let mut sum = _mm512_setzero_ps();
-        for a in acc {
-            sum = _mm512_add_ps(sum, a);
-        }
-        _mm512_reduce_add_ps(sum)
+        };
     }
 
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn fma_256(n: u64) -> f32 {
-        let (m, c) = (
-            _mm256_set1_ps(black_box(0.999_999)),
-            _mm256_set1_ps(black_box(1e-6)),
-        );
-        let mut acc = [_mm256_set1_ps(1.0); CHAINS];
-        for _ in 0..n {
-            for a in &mut acc {
-                *a = _mm256_fmadd_ps(*a, m, c);
-            }
-        }
-        let mut lanes = [0.0f32; 8];
-        let mut sum = _mm256_setzero_ps();
-        for a in acc {
-            sum = _mm256_add_ps(sum, a);
-        }
-        _mm256_storeu_ps(lanes.as_mut_ptr(), sum);
-        lanes.iter().sum()
-    }
-
-    #[target_feature(enable = "fma")]
-    unsafe fn fma_128(n: u64) -> f32 {
-        let (m, c) = (
-            _mm_set1_ps(black_box(0.999_999)),
-            _mm_set1_ps(black_box(1e-6)),
-        );
-        let mut acc = [_mm_set1_ps(1.0); CHAINS];
-        for _ in 0..n {
-            for a in &mut acc {
-                *a = _mm_fmadd_ps(*a, m, c);
-            }
-        }
-        let mut lanes = [0.0f32; 4];
-        let mut sum = _mm_setzero_ps();
-        for a in acc {
-            sum = _mm_add_ps(sum, a);
-        }
-        _mm_storeu_ps(lanes.as_mut_ptr(), sum);
-        lanes.iter().sum()
-    }
+    fma_chains!(
+        fma_512,
+        "avx512f",
+        16,
+        _mm512_set1_ps,
+        _mm512_fmadd_ps,
+        _mm512_add_ps,
+        _mm512_storeu_ps
+    );
+    fma_chains!(
+        fma_256,
+        "avx2,fma",
+        8,
+        _mm256_set1_ps,
+        _mm256_fmadd_ps,
+        _mm256_add_ps,
+        _mm256_storeu_ps
+    );
+    fma_chains!(
+        fma_128,
+        "fma",
+        4,
+        _mm_set1_ps,
+        _mm_fmadd_ps,
+        _mm_add_ps,
+        _mm_storeu_ps
+    );
 }
 
 #[cfg(not(target_arch = "x86_64"))]
 mod kernels {
-    #[derive(Clone, Copy)]
-    pub(super) struct Kernel {
-        pub(super) lanes: usize,
-        pub(super) run: fn(u64) -> f32,
-    }
+    use super::Kernel;
 
     pub(super) fn widest() -> Option<Kernel> {
         None
