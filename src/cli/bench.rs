@@ -435,15 +435,8 @@ fn time_layers(
             .map(|k| schedule.contains(&k).then(|| total[k] / timed))
             .collect())
     };
-    // Inside rayon's pool, as the engine runs a schedule whose kernels split (`Engine`'s
-    // `run_schedule`), so that a split kernel's time is its work, not a hand-over to the pool.
-    let (infer, train) = if threads > 1 {
-        rayon::scope(|_| -> Result<_, Failure> {
-            Ok((per_kernel(&plan.infer)?, per_kernel(&train_schedule)?))
-        })?
-    } else {
-        (per_kernel(&plan.infer)?, per_kernel(&train_schedule)?)
-    };
+    let infer = per_kernel(&plan.infer)?;
+    let train = per_kernel(&train_schedule)?;
     Ok(plan
         .kernels
         .iter()

@@ -13,8 +13,9 @@
 //!
 //! [`Compiled::run`] checks the buffer table against the lengths compiled for, then runs the
 //! pieces of a kernel in order. A parallel piece's range is split into up to `threads`
-//! contiguous parts run on rayon's global pool (built once by rayon; the CLI sizes it with
-//! `rayon::ThreadPoolBuilder::build_global` and `--threads`): as many as give each part at
+//! contiguous parts, part 0 run by the calling thread and the others by workers that spin
+//! between jobs (`pool.rs`; as many as rayon's global pool has threads beyond one, which the
+//! CLI sizes with `rayon::ThreadPoolBuilder::build_global` and `--threads`): as many as give each part at
 //! least [`MIN_WORK_PER_PART`] of the piece's work, estimated at compile time from its loop
 //! nest (`pieces::work`), so that a tiny piece runs in one part instead of paying for a
 //! dispatch it cannot win back (see [`parts`]). A parallel loop is split only
@@ -27,6 +28,7 @@ mod bounds;
 mod disjoint;
 mod math;
 mod pieces;
+mod pool;
 mod translate;
 mod vector;
 
@@ -263,21 +265,20 @@ struct CompiledPiece {
 }
 
 /// The least estimated work (`pieces::work`, scalar operations) worth a part of its own when a
-/// parallel piece is split over threads. Measured on this machine (2 cores shared with other
-/// work, 2026-11-30, `cnnc bench models/lenet.cnn --batch 64 --threads 2 --layers`, each kernel
-/// with every piece split and with none): splitting a tiny piece (`dense3.pack_weight`,
-/// `dense2.zero_grad`) costs about 12 µs over running it on the calling thread, which is what
-/// handing a part to the second thread and waiting for it takes; and generated code runs
+/// parallel piece is split over threads. Measured on the development machine (2 cores shared
+/// with other work, 2026-11-30, `cnnc bench models/lenet.cnn --batch 64 --threads 2 --layers`,
+/// each kernel with every piece split and with none): splitting a tiny piece costs about 12 µs
+/// over running it on the calling thread when the second thread is awake; generated code runs
 /// 3 (average pooling) to 90 (vectorised dense) estimated operations per ns, 20–40 for the
-/// blocked conv nests. A part must take longer than the dispatch to win it back, so at about
-/// 20 operations per ns it needs some 240,000 operations. That was with the second thread
-/// awake; when few kernels of a step split (a training step at batch 1: three weight
-/// gradients), it has gone to sleep between them and waking it costs more: at 262,144 such a
-/// step ran in 0.206 ms on 2 threads against 0.125 ms on 1 (conv2.backward_weight 0.075 vs
-/// 0.016 ms). At 2^20 (2026-11-30, `cnnc bench models/lenet.cnn --threads 2`, three
-/// alternating runs each) batch 1 trains at 7,800–7,970 images/s instead of 4,330–4,670, and
-/// batches 64 and 256 and ResNet-18 at 8 show no difference beyond the host's noise (±15%).
-pub const MIN_WORK_PER_PART: u64 = 1 << 20;
+/// blocked conv nests, so a part needs some 240,000 operations to win its dispatch back. With
+/// rayon's workers, which sleep between jobs, waking one cost more, and this was 2^20 (batch-1
+/// training on 2 threads had run at 4,330–4,670 images/s against 7,800–7,970). With `pool.rs`'s
+/// spinning workers (2026-12-02, Intel host, `cnnc bench models/lenet.cnn --threads 2 --batch
+/// 256/64/8/1 --format json`, 3 alternating runs): 2^18 trains at 26,400–27,300 images/s at
+/// batch 256 against 25,400–26,100 at 2^20, 27,300–27,500 against 25,500–26,500 at batch 64,
+/// the same at 8, and 10,500–11,000 against 11,200–11,300 at batch 1; 2^16 loses 17% at
+/// batch 1 for nothing more at 64 and 256.
+pub const MIN_WORK_PER_PART: u64 = 1 << 18;
 
 /// Choices of how kernels are compiled; [`Compiled::new`] uses the default.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -427,16 +428,6 @@ impl Compiled {
         Ok(())
     }
 
-    /// Whether [`Self::run`] splits a piece of kernel `k` over more than one of `threads`
-    /// threads (false for an unknown kernel).
-    pub fn splits(&self, k: usize, threads: usize) -> bool {
-        (self.kernels.get(k).into_iter().flatten()).any(|piece| {
-            piece.parallel_extent.is_some_and(|extent| {
-                parts(threads, extent, piece.work, self.min_work_per_part) > 1
-            })
-        })
-    }
-
     pub fn compile_seconds(&self) -> f64 {
         self.compile_seconds
     }
@@ -503,16 +494,7 @@ fn run_split(entry: PieceFn, table: Table, extent: usize, parts: usize) {
         let table = table;
         unsafe { entry(table.0, lo, hi) }
     };
-    if parts <= 1 {
-        call(0);
-        return;
-    }
-    rayon::scope(|scope| {
-        for part in 1..parts {
-            scope.spawn(move |_| call(part));
-        }
-        call(0);
-    });
+    pool::fork_join(parts.max(1), &call);
 }
 
 /// Deterministic textual Cranelift IR of one kernel (for `cnnc dump --stage clif`): each piece

@@ -31,13 +31,6 @@ use crate::lower::memory::{self, Layout};
 use crate::lower::step::{plan, BufferRole, Plan};
 use crate::runtime::optim::Optimizer;
 
-/// Kernels of a schedule that split over threads from which the schedule runs inside rayon's
-/// pool ([`Engine::run_schedule`]). Measured (2026-12-02, `cnnc bench models/lenet.cnn
-/// --threads 2`, 3 alternating runs, 2 cores of an Intel Xeon): with 2 splitting kernels
-/// (inference at batch 8) the pool was 12% slower (32.7–33.3k against 36.4–38.1k images/s),
-/// with 4 (inference at 64) 6% faster, with 6 to 15 (training at 8, 64, 256) 8%, 5% and 0–1%.
-const MIN_SPLITS_IN_POOL: usize = 3;
-
 /// What a training step is compared against: class indices (cross-entropy) or target values of
 /// the output's shape (mean squared error), one per sample of the batch.
 #[derive(Clone, Copy, Debug)]
@@ -369,23 +362,6 @@ impl Engine {
     }
 
     fn run_schedule(&mut self, schedule: Schedule) -> Result<(), EngineError> {
-        // Called from outside rayon's pool, every split kernel hands its work to the pool and
-        // waits for it to come back: two thread wake-ups of its own. Run from inside the pool,
-        // a split kernel only wakes the other worker, and the schedule pays the two once. So
-        // a schedule with enough kernels that split runs inside the pool.
-        let (compiled, threads) = (&self.compiled, self.threads);
-        let splitting = |ks: &[usize]| ks.iter().filter(|&&k| compiled.splits(k, threads)).count();
-        let splits = match schedule {
-            Schedule::Infer => splitting(&self.plan.infer),
-            Schedule::Train => splitting(&self.plan.train_forward) + splitting(&self.plan.backward),
-        };
-        if splits >= MIN_SPLITS_IN_POOL && rayon::current_thread_index().is_none() {
-            return rayon::scope(|_| self.run_schedule_here(schedule));
-        }
-        self.run_schedule_here(schedule)
-    }
-
-    fn run_schedule_here(&mut self, schedule: Schedule) -> Result<(), EngineError> {
         let kernels: &[usize] = match schedule {
             Schedule::Infer => &self.plan.infer,
             Schedule::Train => {
