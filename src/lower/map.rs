@@ -5,8 +5,9 @@
 //! reads each `dz` element 25 times; the pooling's input gradient right before it stores each
 //! element of `g` once (`avgpool1.backward_input`, after `overwrite`). When, in the backward
 //! schedule, a kernel only maps some buffers element-wise into another (every load at the
-//! element it stores), and the kernel right before it stores every element of one of those
-//! buffers once and nothing else in the plan touches that buffer, [`fold_maps`] makes the
+//! element it stores), and the last kernel before it that writes one of those buffers stores
+//! every element of it once, writes none of the others, nothing between them touches the
+//! map's output, and nothing else in the plan touches that buffer, [`fold_maps`] makes the
 //! producer store the map's result where it stored its input (`g[j] = e` becomes
 //! `dz[j] = (e·y[j])·(1 − y[j])`) and drops the map: one pass over three buffers less, and
 //! `g` is never written. The operations and their order are the same, on `f32`s, so the stored

@@ -44,8 +44,10 @@ const ACCUMULATORS: i64 = 8;
 ///
 /// Unrolled by 2, each accumulator is written twice an iteration, so the register allocator
 /// can give the second `fma` (whose result x64 places in a multiplicand's register) the
-/// register the loop carries the sum in: the 8 register moves a step on the back edge go
-/// (`CNNC_DISASM=dense1.forward`). Measured on LeNet b256, 1 thread, 2026-12-02 alternating:
+/// register the loop carries the sum in: of the 8 register moves a step on the back edge, 5
+/// per two steps remain (the sums rotate; `CNNC_DISASM=dense1.backward_input`), and a 4×2
+/// block takes 28 instructions per 8 `fma`s instead of 35. Measured on LeNet b256, 1 thread,
+/// 2026-12-02, on the Intel host, alternating:
 /// training 11.8–11.9k → 13.8k img/s (unroll 3: 13.2–13.3k, 4: 12.6k; the innermost loop of
 /// ≤ 5 steps fully unrolled: 12.9–13.3k); dense kernels 37–38 → 50–53 GFLOP/s; ResNet-18 b4
 /// on 2 threads 16.0 → 17.8 img/s training, NiN 9.3 → 10.5.
