@@ -50,6 +50,8 @@ struct Shared {
     wake: Condvar,
     /// Held by the caller whose job the workers run.
     busy: AtomicBool,
+    /// A worker's part of the current job panicked (the caller panics in turn).
+    panicked: AtomicBool,
     workers: usize,
 }
 
@@ -80,6 +82,7 @@ fn pool() -> &'static Shared {
             lock: Mutex::new(()),
             wake: Condvar::new(),
             busy: AtomicBool::new(false),
+            panicked: AtomicBool::new(false),
             workers,
         }));
         for index in 1..=workers {
@@ -138,7 +141,10 @@ fn work(shared: &'static Shared, index: usize) {
         let job = unsafe { *shared.job.get() };
         if index < job.parts {
             // SAFETY: the caller waits for `remaining` to reach 0 before its task goes away.
-            unsafe { (*job.task)(index) };
+            let run = || unsafe { (*job.task)(index) };
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).is_err() {
+                shared.panicked.store(true, Ordering::Relaxed);
+            }
         }
         shared.remaining.fetch_sub(1, Ordering::Release);
     }
@@ -146,7 +152,8 @@ fn work(shared: &'static Shared, index: usize) {
 
 /// Runs `task(part)` for every part in `0..parts`, concurrently, and returns when all are done:
 /// part 0 on the calling thread, the others on the pool's workers, or on rayon's when the pool
-/// is busy with another caller's job or has too few workers.
+/// is busy with another caller's job or has too few workers. A part that panics makes this
+/// panic, once every part has ended.
 pub fn fork_join(parts: usize, task: &(dyn Fn(usize) + Sync)) {
     if parts <= 1 {
         if parts == 1 {
@@ -185,7 +192,8 @@ pub fn fork_join(parts: usize, task: &(dyn Fn(usize) + Sync)) {
         let _guard = shared.lock.lock().unwrap_or_else(|e| e.into_inner());
         shared.wake.notify_all();
     }
-    task(0);
+    // The workers may still be running `task` when part 0 panics: wait for them first.
+    let own = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task(0)));
     let mut spins = 0u32;
     while shared.remaining.load(Ordering::Acquire) != 0 {
         spins = spins.wrapping_add(1);
@@ -195,7 +203,12 @@ pub fn fork_join(parts: usize, task: &(dyn Fn(usize) + Sync)) {
             std::hint::spin_loop();
         }
     }
+    let panicked = shared.panicked.swap(false, Ordering::Relaxed);
     shared.busy.store(false, Ordering::Release);
+    if let Err(payload) = own {
+        std::panic::resume_unwind(payload);
+    }
+    assert!(!panicked, "a part of a split piece panicked on a worker");
 }
 
 #[cfg(test)]
@@ -230,5 +243,34 @@ mod tests {
         });
         assert!(counts.iter().all(|c| c.load(Ordering::Relaxed) == 1));
         fork_join(0, &|_| panic!("no part to run"));
+    }
+
+    #[test]
+    fn a_panicking_part_panics_the_caller_after_every_part_ended_and_the_pool_goes_on() {
+        for panicking in [0, 1] {
+            let finished = AtomicUsize::new(0);
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                fork_join(2, &|part| {
+                    if part == panicking {
+                        panic!("part {part}");
+                    }
+                    finished.fetch_add(1, Ordering::SeqCst);
+                })
+            }));
+            assert!(
+                outcome.is_err(),
+                "part {panicking}'s panic reaches the caller"
+            );
+            assert_eq!(
+                finished.load(Ordering::SeqCst),
+                1,
+                "the other part ran to its end"
+            );
+        }
+        let counts: Vec<AtomicUsize> = (0..2).map(|_| AtomicUsize::new(0)).collect();
+        fork_join(2, &|part| {
+            counts[part].fetch_add(1, Ordering::Relaxed);
+        });
+        assert!(counts.iter().all(|c| c.load(Ordering::Relaxed) == 1));
     }
 }
