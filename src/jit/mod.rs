@@ -15,10 +15,10 @@
 //! pieces of a kernel in order. A parallel piece's range is split into up to `threads`
 //! contiguous parts, part 0 run by the calling thread and the others by workers that spin
 //! between jobs (`pool.rs`; as many as rayon's global pool has threads beyond one, which the
-//! CLI sizes with `rayon::ThreadPoolBuilder::build_global` and `--threads`): as many as give each part at
-//! least [`MIN_WORK_PER_PART`] of the piece's work, estimated at compile time from its loop
-//! nest (`pieces::work`), so that a tiny piece runs in one part instead of paying for a
-//! dispatch it cannot win back (see [`parts`]). A parallel loop is split only
+//! CLI sizes with `rayon::ThreadPoolBuilder::build_global` and `--threads`): as many parts as
+//! give each at least [`MIN_WORK_PER_PART`] of the piece's work, estimated at compile time
+//! from its loop nest (`pieces::work`), so that a tiny piece runs in one part instead of
+//! paying for a dispatch it cannot win back (see [`parts`]). A parallel loop is split only
 //! when `disjoint.rs` proves its iterations touch disjoint elements of what they write (no data
 //! race); the lowering keeps every reduction inside one iteration, so results are bitwise
 //! identical for every thread count.
