@@ -338,6 +338,38 @@ fn a_weight_gradient_summed_in_tiles_matches_reference() {
     check_conv(&case, Some(Activation::Relu), 7);
 }
 
+/// A weight gradient whose tile ends inside its batch loop: 64 channels × 10×10 positions are
+/// 25.6 KB of `dy` an image and 100 reduction steps, fewer than the 256 a tile wants, and 12
+/// images would overflow 256 KiB, so the batch loop is split in 2 × 6.
+#[test]
+fn a_weight_gradient_with_its_batch_loop_split_into_tiles_matches_reference() {
+    let axis = ConvAxis {
+        kernel: 5,
+        stride: 1,
+        dilation: 1,
+        padding: (0, 0),
+        extra: 9,
+    };
+    let case = ConvCase {
+        batch: 12,
+        groups: 1,
+        in_per_group: 3,
+        out_per_group: 64,
+        axes: vec![axis.clone(), axis],
+        has_bias: true,
+    };
+    let kernels = check_conv(&case, Some(Activation::Sigmoid), 11);
+    let weight = kernels
+        .iter()
+        .find(|k| k.name == "conv.backward_weight")
+        .expect("a weight gradient kernel");
+    let text = cnnc::lower::print::kernel_text(weight, &|b| format!("b{}", b.0));
+    assert!(
+        text.contains(" in 0..2\n") && text.contains(" in 0..6\n"),
+        "the batch loop split in 2 × 6:\n{text}"
+    );
+}
+
 /// The layer of a random convolution test.
 struct ConvCase {
     batch: usize,
@@ -349,8 +381,8 @@ struct ConvCase {
 }
 
 /// The reference's forward and its activation, and the reference's gradients of the product
-/// for the gradient before the activation.
-fn check_conv(case: &ConvCase, epilogue: Option<Activation>, seed: u64) {
+/// for the gradient before the activation. Returns the kernels it ran.
+fn check_conv(case: &ConvCase, epilogue: Option<Activation>, seed: u64) -> Vec<Kernel> {
     let ConvCase {
         batch,
         groups,
@@ -432,6 +464,7 @@ fn check_conv(case: &ConvCase, epilogue: Option<Activation>, seed: u64) {
     if let Some(gb) = grads.bias {
         m.check(&db, &gb, OP_RTOL, "conv bias gradient");
     }
+    kernels.into_iter().flatten().collect()
 }
 
 fn check_pool(batch: usize, channels: usize, max: bool, axes: Vec<PoolAxis>, seed: u64) {
