@@ -320,21 +320,7 @@ fn strided_wide_conv_input_gradients_match_reference() {
 /// channels × 2 images × 72×72 positions), so it is summed image by image through `dw`.
 #[test]
 fn a_weight_gradient_summed_in_tiles_matches_reference() {
-    let axis = ConvAxis {
-        kernel: 3,
-        stride: 1,
-        dilation: 1,
-        padding: (1, 1),
-        extra: 69,
-    };
-    let case = ConvCase {
-        batch: 2,
-        groups: 1,
-        in_per_group: 3,
-        out_per_group: 8,
-        axes: vec![axis.clone(), axis],
-        has_bias: true,
-    };
+    let case = square_conv(2, 3, 8, 3, (1, 1), 69);
     check_conv(&case, Some(Activation::Relu), 7);
 }
 
@@ -343,21 +329,7 @@ fn a_weight_gradient_summed_in_tiles_matches_reference() {
 /// images would overflow 256 KiB, so the batch loop is split in 2 × 6.
 #[test]
 fn a_weight_gradient_with_its_batch_loop_split_into_tiles_matches_reference() {
-    let axis = ConvAxis {
-        kernel: 5,
-        stride: 1,
-        dilation: 1,
-        padding: (0, 0),
-        extra: 9,
-    };
-    let case = ConvCase {
-        batch: 12,
-        groups: 1,
-        in_per_group: 3,
-        out_per_group: 64,
-        axes: vec![axis.clone(), axis],
-        has_bias: true,
-    };
+    let case = square_conv(12, 3, 64, 5, (0, 0), 9);
     let kernels = check_conv(&case, Some(Activation::Sigmoid), 11);
     let weight = kernels
         .iter()
@@ -368,6 +340,33 @@ fn a_weight_gradient_with_its_batch_loop_split_into_tiles_matches_reference() {
         text.contains(" in 0..2\n") && text.contains(" in 0..6\n"),
         "the batch loop split in 2 × 6:\n{text}"
     );
+}
+
+/// A 2-D convolution with a bias, one group, unit strides and dilations, and the same
+/// `kernel`, `padding` and input (`extra` past the kernel's span) on both axes.
+fn square_conv(
+    batch: usize,
+    in_channels: usize,
+    out_channels: usize,
+    kernel: usize,
+    padding: (usize, usize),
+    extra: usize,
+) -> ConvCase {
+    let axis = ConvAxis {
+        kernel,
+        stride: 1,
+        dilation: 1,
+        padding,
+        extra,
+    };
+    ConvCase {
+        batch,
+        groups: 1,
+        in_per_group: in_channels,
+        out_per_group: out_channels,
+        axes: vec![axis.clone(), axis],
+        has_bias: true,
+    }
 }
 
 /// The layer of a random convolution test.
