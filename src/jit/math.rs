@@ -58,6 +58,10 @@ const EXP_POLY: [f32; 6] = [
     0.5,
 ];
 
+// `translate_sigmoid` relies on an even number of coefficients (its last partial sum is the
+// negation of exp's).
+const _: () = assert!(EXP_POLY.len().is_multiple_of(2));
+
 /// Cephes `logf` (coefficients rounded to `f32`): ln(1 + f) ≈ f - f²/2 + f³·P(f) for sqrt(1/2) <= 1 + f < sqrt(2).
 const LN_POLY: [f32; 9] = [
     7.037_683_6e-2,
@@ -89,19 +93,8 @@ pub(crate) fn translate_exp(b: &mut FunctionBuilder, x: Value) -> Value {
     let one = l.float(1.0);
     let e_r = l.b.ins().fadd(tail, one);
 
-    // 2^n built from its bits. Adding 1.5·2^23 to the integer-valued n puts n in the low bits
-    // of the sum's mantissa (exactly, for |n| < 2^22), so the biased exponent is those bits
-    // minus the sum's own plus 127: two integer operations where a saturating conversion and
-    // a clamp took eleven (the conversion alone is seven on x64). For x in range, n is in
-    // [-126, 127] and the bits are those of 2^n exactly; out of range or NaN the bits are
-    // meaningless, and the result is replaced below (NaN stays NaN through `e_r`).
-    let magic = l.float(EXP_MAGIC);
-    let shifted = l.b.ins().fadd(n_float, magic);
-    let shifted_bits = l.bitcast(l.int_ty, shifted);
-    let rebias = l.int(127 - EXP_MAGIC.to_bits() as i32);
-    let biased = l.b.ins().iadd(shifted_bits, rebias);
-    let bits = l.b.ins().ishl_imm_s(biased, 23);
-    let two_to_n = l.bitcast(l.float_ty, bits);
+    // Out of range (or NaN) 2^n is meaningless; the result is replaced below.
+    let two_to_n = l.two_to_the(n_float);
     let result = l.b.ins().fmul(e_r, two_to_n);
 
     let max_arg = l.float(EXP_MAX_ARG);
@@ -112,6 +105,62 @@ pub(crate) fn translate_exp(b: &mut FunctionBuilder, x: Value) -> Value {
     let too_small = l.b.ins().fcmp(FloatCC::LessThan, x, min_arg);
     let zero = l.float(0.0);
     l.select(too_small, zero, result)
+}
+
+/// `1 / (1 + e^−x)` for an `f32` or `f32x4` value `x` (lane-wise, each lane the scalar result):
+/// the sigmoid, which `lower::activation` writes as that composition and
+/// `Translator::translate_arithmetic` recognises.
+///
+/// For `−x` in `[EXP_MIN_ARG, EXP_MAX_ARG]` it is bitwise [`translate_exp`] of `−x` then the
+/// add and divide, with fewer instructions: the negation is folded into the constants (every
+/// intermediate is exactly the composition's or its negation: `fma` and products round the
+/// same under a change of sign, so Horner's rule on `−r` with every other coefficient negated
+/// gives `±` the same partial sums), and instead of exp's two compare-and-selects for out-of-range
+/// arguments `x` is first clamped to that range (`minps`, `maxps`; NaN stays NaN). Outside it:
+/// `x > 87.34` gives 1, as before; `x < −88.37` gives `1 / (1 + e^88.37)` ≈ 4.1e−39 where the
+/// composition gave 0 (the true value, which PyTorch returns, lies between the two).
+/// Measured with `cnnc bench models/lenet.cnn --batch 256 --threads 1 --layers`: see the
+/// README's "Other figures".
+pub(crate) fn translate_sigmoid(b: &mut FunctionBuilder, x: Value) -> Value {
+    let mut l = Lanes::of(b, x);
+    // x within [−EXP_MAX_ARG, −EXP_MIN_ARG], written `c < x ? c : x` and `x < c ? c : x` so
+    // that x64 emits one `minps`/`maxps` each and a NaN `x` is what comes out.
+    let upper = l.float(-EXP_MIN_ARG);
+    let above = l.b.ins().fcmp(FloatCC::LessThan, upper, x);
+    let x = l.select(above, upper, x);
+    let lower = l.float(-EXP_MAX_ARG);
+    let below = l.b.ins().fcmp(FloatCC::LessThan, x, lower);
+    let x = l.select(below, lower, x);
+
+    // −x = n·ln 2 + r_true; here `r = −r_true`, computed exactly as exp computes `r_true`
+    // from `−x` but with every sign flipped.
+    let minus_log2_e = l.float(-LOG2_E);
+    let scaled = l.b.ins().fmul(x, minus_log2_e);
+    let n_float = l.b.ins().nearest(scaled);
+    let ln2_high = l.float(LN2_HIGH);
+    let ln2_low = l.float(LN2_LOW);
+    let r = l.b.ins().fma(n_float, ln2_high, x);
+    let r = l.b.ins().fma(n_float, ln2_low, r);
+
+    // Horner on r with the coefficients of odd steps negated: the k-th partial sum is
+    // (−1)^k times exp's, so the last (k = 5) is −P(r_true).
+    let r_squared = l.b.ins().fmul(r, r);
+    let alternating: Vec<f32> = EXP_POLY
+        .iter()
+        .enumerate()
+        .map(|(k, &c)| if k % 2 == 1 { -c } else { c })
+        .collect();
+    let minus_poly = l.horner(r, &alternating);
+    // exp's tail r_true + r_true²·P is the negation of this; e^r_true = 1 + tail.
+    let minus_tail = l.b.ins().fma(minus_poly, r_squared, r);
+    let one = l.float(1.0);
+    let e_r = l.b.ins().fsub(one, minus_tail);
+
+    let two_to_n = l.two_to_the(n_float);
+    let e = l.b.ins().fmul(e_r, two_to_n);
+
+    let denominator = l.b.ins().fadd(one, e);
+    l.b.ins().fdiv(one, denominator)
 }
 
 /// ln x for an `f32` or `f32x4` value `x` (lane-wise: each lane gets exactly the scalar result).
@@ -251,6 +300,22 @@ impl<'a, 'b> Lanes<'a, 'b> {
         self.b.ins().bitcast(ty, flags, value)
     }
 
+    /// 2^n built from its bits, for an integer-valued `n` (as `nearest` gives it). Adding
+    /// 1.5·2^23 to n puts n in the low bits of the sum's mantissa (exactly, for |n| < 2^22), so
+    /// the biased exponent is those bits minus the sum's own plus 127: two integer operations
+    /// where a saturating conversion and a clamp took eleven (the conversion alone is seven on
+    /// x64). For n in [-126, 127] the bits are those of 2^n exactly; otherwise (or for NaN) they
+    /// are meaningless, and the callers keep such n away or replace the result.
+    fn two_to_the(&mut self, n_float: Value) -> Value {
+        let magic = self.float(EXP_MAGIC);
+        let shifted = self.b.ins().fadd(n_float, magic);
+        let shifted_bits = self.bitcast(self.int_ty, shifted);
+        let rebias = self.int(127 - EXP_MAGIC.to_bits() as i32);
+        let biased = self.b.ins().iadd(shifted_bits, rebias);
+        let bits = self.b.ins().ishl_imm_s(biased, 23);
+        self.bitcast(self.float_ty, bits)
+    }
+
     /// `coeffs[0]·x^(k-1) + … + coeffs[k-1]` by Horner's rule with fused multiply-adds.
     fn horner(&mut self, x: Value, coeffs: &[f32]) -> Value {
         let (first, rest) = coeffs
@@ -268,15 +333,22 @@ impl<'a, 'b> Lanes<'a, 'b> {
 #[cfg(test)]
 mod tests {
     use crate::jit::{Buffers, Compiled};
+    use crate::lower::builder::{cst, exp};
     use crate::lower::loops::{BufId, Expr, Index, Kernel, Loop, Stmt, UnOp, Var};
 
     /// `y = op(x)` elementwise, through the JIT.
     fn jit_map(op: UnOp, x: &[f32]) -> Vec<f32> {
+        jit_expr(|x| Expr::Unary(op, Box::new(x)), x)
+    }
+
+    /// `y = f(x)` elementwise, through the JIT (a loop it vectorises, the last `len % 4`
+    /// elements computed on scalars).
+    fn jit_expr(f: impl Fn(Expr) -> Expr, x: &[f32]) -> Vec<f32> {
         let i = Index {
             terms: vec![(Var(0), 1)],
             offset: 0,
         };
-        let value = Expr::Unary(op, Box::new(Expr::Load(BufId(0), i.clone())));
+        let value = f(Expr::Load(BufId(0), i.clone()));
         let body = vec![Stmt::Loop(Loop {
             var: Var(0),
             extent: x.len(),
@@ -284,7 +356,7 @@ mod tests {
             body: vec![Stmt::Store(BufId(1), i, value)],
         })];
         let kernel = Kernel {
-            name: format!("{op:?}"),
+            name: "map".to_string(),
             vars: 1,
             locals: 0,
             body,
@@ -339,6 +411,59 @@ mod tests {
         assert_eq!(&y[..5], &[1.0, 0.0, f32::INFINITY, 0.0, f32::INFINITY]);
         assert!(y[5].is_nan());
         assert!((y[6] - std::f32::consts::E).abs() <= 2.0 * f32::EPSILON);
+    }
+
+    /// The sigmoid as `lower::activation` writes it (and the JIT recognises), and the same sum
+    /// with the add's operands swapped, which the JIT translates as written.
+    fn sigmoid(x: Expr) -> Expr {
+        cst(1.0) / (cst(1.0) + exp(-x))
+    }
+    fn sigmoid_as_composed(x: Expr) -> Expr {
+        cst(1.0) / (exp(-x) + cst(1.0))
+    }
+
+    #[test]
+    fn sigmoid_is_bitwise_the_composition_in_range_on_vectors_and_scalars() {
+        // 200,003 points: the last three on the scalar path.
+        let x = sweep(-super::EXP_MAX_ARG, -super::EXP_MIN_ARG, 200_003);
+        let fast = jit_expr(sigmoid, &x);
+        let composed = jit_expr(sigmoid_as_composed, &x);
+        for ((x, fast), composed) in x.iter().zip(&fast).zip(&composed) {
+            assert_eq!(fast.to_bits(), composed.to_bits(), "sigmoid({x})");
+        }
+    }
+
+    #[test]
+    fn sigmoid_edges() {
+        let edges = [
+            0.0,
+            -0.0,
+            100.0,
+            -100.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            87.34,
+            -88.37,
+        ];
+        for len in [edges.len(), 4 * edges.len()] {
+            // Once with the edges on the scalar path and once on vectors.
+            let x: Vec<f32> = edges.iter().copied().cycle().take(len).collect();
+            let y = jit_expr(sigmoid, &x);
+            for (x, y) in x.iter().zip(&y) {
+                match *x {
+                    x if x.is_nan() => assert!(y.is_nan()),
+                    x if x >= 87.34 => assert_eq!(*y, 1.0, "sigmoid({x})"),
+                    0.0 => assert_eq!(*y, 0.5),
+                    // 1 / (1 + e^88.37): the clamped argument's value (PyTorch's is the
+                    // subnormal true value, 0 beyond about −103.3).
+                    x => {
+                        assert!(*y > 0.0 && *y < 4.2e-39, "sigmoid({x}) = {y:e}");
+                        assert!((y - 1.0 / (1.0 + 88.37f32.exp())).abs() <= 1e-44);
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -282,6 +282,10 @@ impl Translator<'_> {
         expr: &Expr,
         operand: &mut impl FnMut(&mut Self, &Expr) -> Value,
     ) -> Value {
+        if let Some(x) = sigmoid_argument(expr) {
+            let x = operand(self, x);
+            return math::translate_sigmoid(&mut self.builder, x);
+        }
         match expr {
             Expr::Unary(op, a) => {
                 let a = operand(self, a);
@@ -387,6 +391,25 @@ pub(super) fn float_cc(op: CmpOp) -> FloatCC {
         CmpOp::Eq => FloatCC::Equal,
         CmpOp::Ne => FloatCC::NotEqual,
     }
+}
+
+/// `x` when `expr` is `1 / (1 + e^(−x))`, the sigmoid as `lower::activation::apply` writes it,
+/// which has a translation of its own ([`math::translate_sigmoid`]).
+fn sigmoid_argument(expr: &Expr) -> Option<&Expr> {
+    let Expr::Binary(BinOp::Div, one, denominator) = expr else {
+        return None;
+    };
+    let Expr::Binary(BinOp::Add, other_one, exp) = denominator.as_ref() else {
+        return None;
+    };
+    let Expr::Unary(UnOp::Exp, negated) = exp.as_ref() else {
+        return None;
+    };
+    let Expr::Unary(UnOp::Neg, x) = negated.as_ref() else {
+        return None;
+    };
+    let is_one = |e: &Expr| matches!(e, Expr::Const(c) if *c == 1.0);
+    (is_one(one) && is_one(other_one)).then_some(x.as_ref())
 }
 
 #[cfg(test)]

@@ -12,7 +12,8 @@ use crate::ir::Activation;
 /// to a value it is about to store: the fused epilogues of `passes::fuse`).
 ///
 /// - sigmoid `1 / (1 + e^−x)`: for very negative `x` the exponential overflows to ∞ and the
-///   result is 0;
+///   result is 0 (the JIT recognises this expression and, below −88.37, returns
+///   `1 / (1 + e^88.37)` ≈ 4.1e−39 instead: `jit::math::translate_sigmoid`);
 /// - tanh `sign(x) · (1 − e^−2|x|) / (1 + e^−2|x|)`: the exponential never overflows (the two
 ///   identical exponentials are one after Cranelift's value numbering).
 ///
