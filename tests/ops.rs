@@ -342,6 +342,28 @@ fn a_weight_gradient_with_its_batch_loop_split_into_tiles_matches_reference() {
     );
 }
 
+/// LeNet's conv1 (6 output channels, 5×5, padded by 2) and a 2-channel one: weight gradients
+/// with lanes over the output's width. With the threads' slices over the output channels
+/// (conv1) the bias gradient's sums are taken per image inside them, beside the weight's; with
+/// slices over the window rows (2 channels < 5 rows) in a pass of their own.
+#[test]
+fn weight_gradients_with_lanes_over_positions_take_the_bias_in_either_place() {
+    for (out_channels, parallel_loops) in [(6, 1), (2, 2)] {
+        let case = square_conv(3, 1, out_channels, 5, (2, 2), 3);
+        let kernels = check_conv(&case, Some(Activation::Sigmoid), 5);
+        let weight = kernels
+            .iter()
+            .find(|k| k.name == "conv.backward_weight")
+            .expect("a weight gradient kernel");
+        let text = cnnc::lower::print::kernel_text(weight, &|b| format!("b{}", b.0));
+        assert_eq!(
+            text.matches("parallel for").count(),
+            parallel_loops,
+            "{out_channels} channels:\n{text}"
+        );
+    }
+}
+
 /// A 2-D convolution with a bias, one group, unit strides and dilations, and the same
 /// `kernel`, `padding` and input (`extra` past the kernel's span) on both axes.
 fn square_conv(
