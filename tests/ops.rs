@@ -330,12 +330,7 @@ fn a_weight_gradient_summed_in_tiles_matches_reference() {
 #[test]
 fn a_weight_gradient_with_its_batch_loop_split_into_tiles_matches_reference() {
     let case = square_conv(12, 3, 64, 5, (0, 0), 9);
-    let kernels = check_conv(&case, Some(Activation::Sigmoid), 11);
-    let weight = kernels
-        .iter()
-        .find(|k| k.name == "conv.backward_weight")
-        .expect("a weight gradient kernel");
-    let text = cnnc::lower::print::kernel_text(weight, &|b| format!("b{}", b.0));
+    let text = weight_gradient_text(&check_conv(&case, Some(Activation::Sigmoid), 11));
     assert!(
         text.contains(" in 0..2\n") && text.contains(" in 0..6\n"),
         "the batch loop split in 2 × 6:\n{text}"
@@ -350,18 +345,22 @@ fn a_weight_gradient_with_its_batch_loop_split_into_tiles_matches_reference() {
 fn weight_gradients_with_lanes_over_positions_take_the_bias_in_either_place() {
     for (out_channels, parallel_loops) in [(6, 1), (2, 2)] {
         let case = square_conv(3, 1, out_channels, 5, (2, 2), 3);
-        let kernels = check_conv(&case, Some(Activation::Sigmoid), 5);
-        let weight = kernels
-            .iter()
-            .find(|k| k.name == "conv.backward_weight")
-            .expect("a weight gradient kernel");
-        let text = cnnc::lower::print::kernel_text(weight, &|b| format!("b{}", b.0));
+        let text = weight_gradient_text(&check_conv(&case, Some(Activation::Sigmoid), 5));
         assert_eq!(
             text.matches("parallel for").count(),
             parallel_loops,
             "{out_channels} channels:\n{text}"
         );
     }
+}
+
+/// The loops of the weight gradient kernel among `kernels`, buffers named by number.
+fn weight_gradient_text(kernels: &[Kernel]) -> String {
+    let weight = kernels
+        .iter()
+        .find(|k| k.name == "conv.backward_weight")
+        .expect("a weight gradient kernel");
+    cnnc::lower::print::kernel_text(weight, &|b| format!("b{}", b.0))
 }
 
 /// A 2-D convolution with a bias, one group, unit strides and dilations, and the same
