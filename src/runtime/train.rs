@@ -6,7 +6,7 @@
 //! A run is a function of its settings and `(seed, step)`: the sample order of epoch `e` is
 //! drawn from [`Stream::Shuffle`] and the dropout masks of step `s` from [`Stream::Dropout`],
 //! so a run resumed from the checkpoint of epoch `e` continues exactly as the uninterrupted run
-//! would (same thread count: kernels split over threads may sum in another order).
+//! would, on any thread count (kernels split over threads sum every output in the same order).
 //!
 //! Checkpoints (`save`) are written atomically when the run starts and after every epoch, so
 //! an interruption (Ctrl-C sets the `stop` flag, checked between batches) or a non-finite loss

@@ -3,7 +3,7 @@
 use super::CheckpointError;
 use safetensors::tensor::{Dtype, View};
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::Path;
 
@@ -59,20 +59,47 @@ pub(super) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Checkpoi
     Ok(())
 }
 
-/// Serialises named tensors (and metadata) to `path`, atomically.
+/// Serialises named tensors (and metadata) to `path`, atomically. The same tensors and
+/// metadata give the same bytes (see [`sort_metadata`]).
 pub(super) fn save_tensors(
     path: &Path,
     tensors: Vec<(String, F32<'_>)>,
     metadata: HashMap<String, String>,
 ) -> Result<(), CheckpointError> {
+    let as_written = serde_json::to_string(&metadata).expect("strings serialise");
+    let sorted: BTreeMap<&String, &String> = metadata.iter().collect();
+    let sorted = serde_json::to_string(&sorted).expect("strings serialise");
     let metadata = (!metadata.is_empty()).then_some(metadata);
-    let bytes = safetensors::tensor::serialize(tensors, metadata).map_err(|e| {
+    let mut bytes = safetensors::tensor::serialize(tensors, metadata).map_err(|e| {
         CheckpointError::Corrupt {
             path: path.to_path_buf(),
             reason: e.to_string(),
         }
     })?;
+    sort_metadata(&mut bytes, &as_written, &sorted);
     write_atomically(path, &bytes)
+}
+
+/// The header's `__metadata__` object with its keys in order: safetensors writes the map in
+/// its hash order, which changes from run to run, so two identical checkpoints differed in a
+/// few header bytes. `as_written` is that object as serialised from the same map (the same
+/// order), `sorted` the same entries sorted, the same length; the header is otherwise
+/// untouched.
+fn sort_metadata(bytes: &mut [u8], as_written: &str, sorted: &str) {
+    let header_len = bytes.get(..8).map_or(0, |n| {
+        u64::from_le_bytes(n.try_into().expect("8 bytes")) as usize
+    });
+    let Some(header) = bytes.get_mut(8..8 + header_len) else {
+        return;
+    };
+    let needle = format!("\"__metadata__\":{as_written}");
+    if let Some(at) = header
+        .windows(needle.len())
+        .position(|w| w == needle.as_bytes())
+    {
+        let start = at + needle.len() - as_written.len();
+        header[start..start + sorted.len()].copy_from_slice(sorted.as_bytes());
+    }
 }
 
 #[cfg(test)]
@@ -89,6 +116,35 @@ mod tests {
         let mut tmp = path.as_os_str().to_os_string();
         tmp.push(".tmp");
         tmp.into()
+    }
+
+    /// Saved twice from maps built in different orders (and so, most likely, iterated in
+    /// different orders): the same bytes, with the metadata's keys sorted.
+    #[test]
+    fn the_same_tensors_and_metadata_give_the_same_bytes() {
+        let values = [1.0f32, 2.0, 3.0];
+        let keys: Vec<String> = (0..12).map(|k| format!("cnnc.key{k:02}")).collect();
+        let save = |name: &str, order: &mut dyn Iterator<Item = &String>| {
+            let path = temp(name);
+            let metadata = order.map(|k| (k.clone(), format!("v{k}"))).collect();
+            let tensor = F32 {
+                shape: vec![3],
+                values: &values,
+            };
+            save_tensors(&path, vec![("w".into(), tensor)], metadata).expect("saves");
+            std::fs::read(&path).expect("reads")
+        };
+        let forward = save("forward.safetensors", &mut keys.iter());
+        let backward = save("backward.safetensors", &mut keys.iter().rev());
+        assert_eq!(forward, backward);
+        let text = String::from_utf8_lossy(&forward);
+        let positions: Vec<usize> = keys
+            .iter()
+            .map(|k| text.find(k.as_str()).unwrap())
+            .collect();
+        assert!(positions.windows(2).all(|p| p[0] < p[1]), "{text}");
+        let (_, header) = safetensors::SafeTensors::read_metadata(&forward).expect("parses");
+        assert_eq!(header.metadata().as_ref().map(HashMap::len), Some(12));
     }
 
     #[test]
