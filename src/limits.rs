@@ -17,3 +17,8 @@ pub const MAX_NODES: usize = 100_000;
 /// Most statements executed while expanding one network (`repeat` bodies count once per
 /// iteration), so that `repeat 1000000000 { let x = 1 }` is an error rather than a hang.
 pub const MAX_EXPANSION_STEPS: usize = 1_000_000;
+
+/// Most samples in one batch an engine is compiled for (`--batch`, the `train` section's
+/// `batch`, `cnnc bench`): with [`MAX_ELEMENTS`] per image the buffers' lengths stay far from
+/// overflowing. Workspaces larger than the machine's memory are refused before this.
+pub const MAX_BATCH: usize = 1 << 24;

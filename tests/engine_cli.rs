@@ -484,6 +484,26 @@ fn thread_count_zero_and_unknown_networks_are_refused() {
     );
 }
 
+/// A batch no machine has the memory for, and one above the limit: exit code 1 and a
+/// sentence, where the workspace's allocation used to abort the process.
+#[test]
+fn absurd_batches_are_refused() {
+    let dir = workdir("absurd-batch");
+    let lenet = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/lenet.cnn");
+    let lenet = lenet.to_str().unwrap();
+    fails_with(
+        &cnnc(&dir, &["bench", lenet, "--batch", "16000000"]),
+        &[
+            "the workspace for a batch of 16000000 needs",
+            "use a smaller batch",
+        ],
+    );
+    fails_with(
+        &cnnc(&dir, &["bench", lenet, "--batch", "100000000"]),
+        &["a batch of 100000000 is above cnnc's limit of 16777216"],
+    );
+}
+
 #[test]
 fn bench_reports_the_documented_json_keys() {
     let dir = workdir("bench");

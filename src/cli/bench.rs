@@ -24,8 +24,9 @@ use super::engine_io::{load_one, loss_of, set_threads};
 use super::{Failure, Format};
 use crate::ir::{params, Graph, Loss, Op, TrainConfig};
 use crate::jit::{Buffers, Compiled};
+use crate::lower::memory::Layout;
 use crate::lower::step::{plan, BufferRole, Plan};
-use crate::runtime::engine::{Engine, EngineError, Fusion, Memory, Truth};
+use crate::runtime::engine::{self, Engine, EngineError, Fusion, Memory, Truth};
 use crate::runtime::init::initialize;
 use crate::runtime::optim::{Optimizer, OptimizerState};
 use crate::runtime::peak::{self, Peak};
@@ -48,13 +49,17 @@ impl PeakFigure {
         }
     }
 
-    fn describe(self, threads: usize) -> String {
+    fn describe(self) -> String {
         match self {
             PeakFigure::Given(g) => format!("peak {g} GFLOP/s (given)"),
             PeakFigure::Measured(p) => format!(
-                "peak {:.1} GFLOP/s (measured: {threads} threads of {}-lane FMAs; with 4-lane \
+                "peak {:.1} GFLOP/s (measured: {} thread{} of {}-lane FMAs; with 4-lane \
                  ones, the generated code's, {:.1})",
-                p.gflops, p.lanes, p.f32x4_gflops
+                p.gflops,
+                p.threads,
+                if p.threads == 1 { "" } else { "s" },
+                p.lanes,
+                p.f32x4_gflops
             ),
             PeakFigure::Unknown => "peak unknown on this CPU (give it with --peak)".into(),
         }
@@ -291,7 +296,7 @@ impl Figures<'_> {
              peak memory: {:.2} MiB (planned; {:.2} MiB without sharing): workspace {:.2} MiB + \
              optimiser state {:.2} MiB\n",
             self.macs_per_image,
-            self.peak.describe(self.threads),
+            self.peak.describe(),
             mib(self.buffer_bytes + self.optimizer_bytes),
             mib(self.unshared_buffer_bytes + self.optimizer_bytes),
             mib(self.buffer_bytes),
@@ -408,7 +413,8 @@ fn time_layers(
     let lens: Vec<usize> = plan.buffers.iter().map(|b| b.len).collect();
     let jit = |e: crate::jit::JitError| Failure::Runtime(e.to_string());
     let compiled = Compiled::new(&plan.kernels, &lens).map_err(jit)?;
-    let mut bufs = Buffers::new(&lens);
+    let mut bufs = engine::allocate(&Layout::unshared(&lens), batch)
+        .map_err(|e| Failure::Runtime(e.to_string()))?;
     fill_buffers(&plan, graph, batch, values, &mut bufs);
 
     let mut train_schedule = plan.train_forward.clone();
@@ -554,6 +560,7 @@ mod tests {
             gflops: 300.0,
             lanes: 16,
             f32x4_gflops: 75.0,
+            threads: 2,
         }));
         assert_eq!(measured["peak_source"], "measured");
         assert_eq!(

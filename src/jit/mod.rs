@@ -144,9 +144,21 @@ impl Buffers {
     }
 
     /// Zero-filled buffers placed as `layout` says.
+    ///
+    /// # Panics
+    /// When the allocator cannot give the workspace (see [`Buffers::try_with_layout`]).
     pub fn with_layout(layout: &Layout) -> Buffers {
+        Buffers::try_with_layout(layout).expect("the workspace is allocated")
+    }
+
+    /// Zero-filled buffers placed as `layout` says, or `None` when the allocator cannot give
+    /// the workspace: an absurd batch is then an error rather than an abort.
+    pub fn try_with_layout(layout: &Layout) -> Option<Buffers> {
         // Up to one cache line of slack, so that the workspace can start on a 64-byte boundary.
-        let mut arena = vec![0.0f32; layout.arena_len + memory::ALIGN - 1];
+        let len = layout.arena_len.checked_add(memory::ALIGN - 1)?;
+        let mut arena = Vec::new();
+        arena.try_reserve_exact(len).ok()?;
+        arena.resize(len, 0.0f32);
         let start = match arena.as_mut_ptr().align_offset(memory::ALIGN * 4) {
             offset if offset < memory::ALIGN => offset,
             _ => 0,
@@ -158,13 +170,13 @@ impl Buffers {
                 .all(|r| r.offset + r.len <= layout.arena_len),
             "a layout's regions lie inside its arena"
         );
-        Buffers {
+        Some(Buffers {
             arena,
             start,
             workspace_len: layout.arena_len,
             regions: layout.regions.clone(),
             table: vec![std::ptr::null_mut(); layout.regions.len()],
-        }
+        })
     }
 
     fn range(&self, b: BufId) -> std::ops::Range<usize> {

@@ -26,6 +26,7 @@ use rand::RngExt;
 
 use crate::ir::{Graph, Loss, NodeId, Op, ParamId};
 use crate::jit::{Buffers, Compiled, JitError};
+use crate::limits::MAX_BATCH;
 use crate::lower::loops::{visit_uses, BufId, Use};
 use crate::lower::memory::{self, Layout};
 use crate::lower::step::{plan, BufferRole, Plan};
@@ -39,10 +40,20 @@ pub enum Truth<'a> {
     Targets(&'a [f32]),
 }
 
-/// A compile failure, or data of the wrong size for the plan.
+/// A compile failure, a batch whose workspace does not fit, or data of the wrong size for the
+/// plan.
 #[derive(Debug)]
 pub enum EngineError {
     Jit(JitError),
+    /// A batch above [`MAX_BATCH`].
+    Batch(usize),
+    /// A workspace of `bytes` for `batch` samples: more than the `memory` available (when
+    /// known), or more than the allocator could give.
+    Memory {
+        batch: usize,
+        bytes: usize,
+        memory: Option<u64>,
+    },
     /// Values handed in whose count is not what the plan needs.
     WrongLength {
         what: String,
@@ -55,6 +66,30 @@ impl fmt::Display for EngineError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             EngineError::Jit(e) => write!(f, "code generation failed: {e}"),
+            EngineError::Batch(batch) => {
+                write!(f, "a batch of {batch} is above cnnc's limit of {MAX_BATCH}")
+            }
+            EngineError::Memory {
+                batch,
+                bytes,
+                memory,
+            } => {
+                let gib = |b: f64| b / f64::from(1 << 30);
+                write!(
+                    f,
+                    "the workspace for a batch of {batch} needs {:.1} GiB, ",
+                    gib(*bytes as f64)
+                )?;
+                match memory {
+                    Some(m) if *bytes as u64 > *m => write!(
+                        f,
+                        "more than the {:.1} GiB of memory available",
+                        gib(*m as f64)
+                    )?,
+                    _ => write!(f, "more than could be allocated")?,
+                }
+                write!(f, ": use a smaller batch")
+            }
             EngineError::WrongLength {
                 what,
                 expected,
@@ -75,6 +110,32 @@ impl From<JitError> for EngineError {
     fn from(e: JitError) -> Self {
         EngineError::Jit(e)
     }
+}
+
+/// The zeroed workspace of `layout`, for `batch` samples; an error (not an abort, nor the
+/// system's out-of-memory killer later) when it is larger than the memory available or the
+/// allocator refuses it.
+pub fn allocate(layout: &Layout, batch: usize) -> Result<Buffers, EngineError> {
+    let bytes = layout.bytes();
+    let memory = machine_memory();
+    let too_big = EngineError::Memory {
+        batch,
+        bytes,
+        memory,
+    };
+    if memory.is_some_and(|m| bytes as u64 > m) {
+        return Err(too_big);
+    }
+    Buffers::try_with_layout(layout).ok_or(too_big)
+}
+
+/// The memory available for a new workspace in bytes (`MemAvailable` of `/proc/meminfo`: free
+/// memory and what the system can reclaim without swapping), where the system says.
+fn machine_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
 }
 
 /// Whether an engine lowers the graph after the fusion passes (the default) or as written.
@@ -147,6 +208,9 @@ impl Engine {
         fusion: Fusion,
         sharing: Memory,
     ) -> Result<Engine, EngineError> {
+        if batch > MAX_BATCH {
+            return Err(EngineError::Batch(batch));
+        }
         let graph = &*fusion.apply(graph);
         let plan = plan(graph, batch, loss);
         let lens: Vec<usize> = plan.buffers.iter().map(|b| b.len).collect();
@@ -194,6 +258,7 @@ impl Engine {
             Memory::Planned => memory::layout(&plan, &[output]),
             Memory::Unshared => unshared.clone(),
         };
+        let bufs = allocate(&layout, batch)?;
         // A derived kernel may be skipped in inference when its outputs keep their memory
         // from one inference to the next.
         let mut derived = vec![false; plan.kernels.len()];
@@ -216,7 +281,7 @@ impl Engine {
             dropouts,
             params,
             names: graph.params.iter().map(|p| p.name.clone()).collect(),
-            bufs: Buffers::with_layout(&layout),
+            bufs,
             unshared_bytes: unshared.bytes(),
             stale: vec![true; plan.kernels.len()],
             derived,
@@ -442,6 +507,30 @@ mod tests {
         crate::load_file(&path, &mut SourceMap::default())
             .expect("lenet checks")
             .remove(0)
+    }
+
+    /// A batch above the limit, and one whose workspace (about 1 TiB for LeNet at 16 million
+    /// images) no machine running the tests has: errors that say so, not aborts.
+    #[test]
+    fn absurd_batches_are_errors() {
+        let graph = lenet();
+        let error = |batch| match Engine::new(&graph, batch, Loss::CrossEntropy, 1) {
+            Ok(_) => panic!("a batch of {batch} compiled"),
+            Err(e) => e,
+        };
+        let over = error(crate::limits::MAX_BATCH + 1);
+        assert!(matches!(over, EngineError::Batch(_)), "{over}");
+        assert!(over.to_string().contains("limit of 16777216"), "{over}");
+        let huge = error(16_000_000);
+        let EngineError::Memory { bytes, .. } = huge else {
+            panic!("{huge}")
+        };
+        assert!(bytes > 1 << 39, "{huge}");
+        let text = huge.to_string();
+        assert!(
+            text.contains("a batch of 16000000 needs") && text.ends_with("use a smaller batch"),
+            "{text}"
+        );
     }
 
     /// The engine's training step (JIT) agrees with the reference forward, loss and backward.
