@@ -446,7 +446,7 @@ fn wrong_inputs_and_labels_are_refused_naming_the_file() {
 }
 
 #[test]
-fn thread_count_zero_and_unknown_networks_are_refused() {
+fn thread_count_zero_and_unknown_networks_are_refused_and_threads_beyond_the_cores_noted() {
     let dir = prepared("usage");
     fails_with(
         &cnnc(
@@ -465,6 +465,28 @@ fn thread_count_zero_and_unknown_networks_are_refused() {
             ],
         ),
         &["--threads must be at least 1"],
+    );
+    // More threads than any machine has cores: the cores, with a note.
+    let many = cnnc(
+        &dir,
+        &[
+            "forward",
+            "small.cnn",
+            "--weights",
+            "w.safetensors",
+            "--input",
+            "x.npy",
+            "--output",
+            "y.npy",
+            "--threads",
+            "100000",
+        ],
+    );
+    succeeds(&many);
+    assert!(
+        stderr(&many).contains("note: --threads 100000 is more than the"),
+        "{}",
+        stderr(&many)
     );
     fails_with(
         &cnnc(

@@ -200,13 +200,13 @@ fn resume_equals_uninterrupted(name: &str, extra: &[&str]) -> Vec<serde_json::Va
 
 /// Results do not depend on the thread count: d2l's LeNet at batch 256 (whose kernels split
 /// over the threads: `cnnc bench` runs its step 1.9× faster on 2) trained one epoch on
-/// synthetic data on 1, 2 and 3 threads (more threads than CI's 2 cores: the parts then run
-/// on rayon's workers) saves the same bytes and logs the same losses and accuracies.
+/// synthetic data on 1 and 2 threads saves the same bytes and logs the same losses and
+/// accuracies.
 #[test]
 fn training_is_bitwise_the_same_on_any_thread_count() {
     let dir = scratch("threads");
     let model = root().join("models/lenet.cnn");
-    let runs: Vec<(Vec<u8>, Vec<serde_json::Value>)> = ["1", "2", "3"]
+    let runs: Vec<(Vec<u8>, Vec<serde_json::Value>)> = ["1", "2"]
         .into_iter()
         .map(|threads| {
             let (save, log) = (
@@ -236,10 +236,8 @@ fn training_is_bitwise_the_same_on_any_thread_count() {
             (std::fs::read(&save).unwrap(), log_without_times(&log))
         })
         .collect();
-    for (threads, run) in ["2", "3"].iter().zip(&runs[1..]) {
-        assert!(run.0 == runs[0].0, "weights on {threads} threads differ");
-        assert_eq!(run.1, runs[0].1, "log on {threads} threads");
-    }
+    assert!(runs[1].0 == runs[0].0, "weights on 2 threads differ");
+    assert_eq!(runs[1].1, runs[0].1, "log on 2 threads");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -34,20 +34,32 @@ pub fn load_one(
     Ok(graphs.remove(0))
 }
 
-/// Builds rayon's global pool with `threads` threads (default: every core) and returns the
-/// count to hand to the engine. The pool can be built once per process; a second call keeps
+/// Builds rayon's global pool with `threads` threads (default: every core, and never more:
+/// threads beyond the cores only take turns, and the step slowed down with them, 60 times over
+/// with 1024 threads on 2 cores; a note says so) and returns the count to hand to the engine;
+/// 0 is refused with the message. The pool can be built once per process; a second call keeps
 /// the first pool, which only happens when a library user calls two commands in one process.
-pub fn set_threads(threads: Option<usize>) -> Result<usize, Failure> {
+pub fn thread_count(threads: Option<usize>) -> Result<usize, String> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let count = match threads {
-        Some(0) => return Err(Failure::Runtime("--threads must be at least 1".to_string())),
+        Some(0) => return Err("--threads must be at least 1".to_string()),
+        Some(n) if n > cores => {
+            eprintln!("note: --threads {n} is more than the {cores} cores here: using {cores}");
+            cores
+        }
         Some(n) => n,
-        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        None => cores,
     };
     // An error means the global pool already exists, which is fine (see above).
     let _ = rayon::ThreadPoolBuilder::new()
         .num_threads(count)
         .build_global();
     Ok(count)
+}
+
+/// [`thread_count`] for the commands that fail with a [`Failure`].
+pub fn set_threads(threads: Option<usize>) -> Result<usize, Failure> {
+    thread_count(threads).map_err(Failure::Runtime)
 }
 
 /// The loss a network trains with (its `train` section, else cross-entropy).

@@ -14,7 +14,8 @@ use crate::runtime::eval::{evaluate, Confusion, Evaluation};
 use crate::runtime::train::{self, Overrides};
 use crate::span::SourceMap;
 
-use super::run::{data_source, load_network, setup_threads};
+use super::engine_io::thread_count;
+use super::run::{data_source, load_network};
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -58,7 +59,7 @@ fn eval(args: &EvalArgs, sources: &mut SourceMap) -> Result<String, String> {
     };
     let config =
         train::settings(graph.train.as_ref(), &overrides).map_err(|e| format!("error: {e}\n"))?;
-    let threads = setup_threads(args.threads);
+    let threads = thread_count(args.threads).map_err(|e| format!("error: {e}\n"))?;
     let error = |e: &dyn std::fmt::Display| format!("error: {e}\n");
     let base_dir = args.file.parent().unwrap_or(std::path::Path::new("."));
     let splits = data::load(&config.data, base_dir, &graph, config.loss, config.seed)

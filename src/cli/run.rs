@@ -12,6 +12,7 @@ use std::sync::Arc;
 use clap::{Args, ValueEnum};
 use indicatif::ProgressBar;
 
+use super::engine_io::thread_count;
 use crate::ir::{DataSource, Graph, Schedule};
 use crate::runtime::checkpoint;
 use crate::runtime::data;
@@ -89,19 +90,6 @@ pub fn data_source(text: &str) -> DataSource {
     }
 }
 
-/// Sizes rayon's global pool (once per process) and returns the thread count.
-pub fn setup_threads(threads: Option<usize>) -> usize {
-    let threads = threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .max(1);
-    // Fails only if the pool already exists (a second call in one process); it then keeps
-    // its size, which is harmless.
-    let _ = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build_global();
-    threads
-}
-
 /// Loads the one network of `file` that the user means.
 pub fn load_network(
     file: &Path,
@@ -165,7 +153,7 @@ fn run(args: &RunArgs, sources: &mut SourceMap) -> Result<i32, String> {
     };
     let config =
         train::settings(graph.train.as_ref(), &overrides).map_err(|e| format!("error: {e}\n"))?;
-    let threads = setup_threads(args.threads);
+    let threads = thread_count(args.threads).map_err(|e| format!("error: {e}\n"))?;
     let base_dir = args.file.parent().unwrap_or(Path::new("."));
     let splits = data::load(&config.data, base_dir, &graph, config.loss, config.seed)
         .map_err(|e| format!("error: {e}\n"))?;
