@@ -448,8 +448,8 @@ fn wrong_inputs_and_labels_are_refused_naming_the_file() {
 #[test]
 fn thread_count_zero_and_unknown_networks_are_refused_and_threads_beyond_the_cores_noted() {
     let dir = prepared("usage");
-    fails_with(
-        &cnnc(
+    let forward = |threads: &str| {
+        cnnc(
             &dir,
             &[
                 "forward",
@@ -461,27 +461,13 @@ fn thread_count_zero_and_unknown_networks_are_refused_and_threads_beyond_the_cor
                 "--output",
                 "y.npy",
                 "--threads",
-                "0",
+                threads,
             ],
-        ),
-        &["--threads must be at least 1"],
-    );
+        )
+    };
+    fails_with(&forward("0"), &["--threads must be at least 1"]);
     // More threads than any machine has cores: the cores, with a note.
-    let many = cnnc(
-        &dir,
-        &[
-            "forward",
-            "small.cnn",
-            "--weights",
-            "w.safetensors",
-            "--input",
-            "x.npy",
-            "--output",
-            "y.npy",
-            "--threads",
-            "100000",
-        ],
-    );
+    let many = forward("100000");
     succeeds(&many);
     assert!(
         stderr(&many).contains("note: --threads 100000 is more than the"),
