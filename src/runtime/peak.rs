@@ -3,7 +3,8 @@
 //! Every thread of rayon's pool runs chains of fused multiply-adds at once (12 independent
 //! chains, enough to cover the FMA latency on both FMA ports), with the widest vectors the CPU
 //! has, and with the 4-lane vectors cnnc's generated code uses (Cranelift 0.135 emits no
-//! wider ones); the best of a few short runs per thread counts, and the threads' rates add up.
+//! wider ones); the best of a few short runs per thread counts, and the rates of at most one
+//! thread per core add up.
 //! Measured rather than computed from a clock and a core count, because those are what a
 //! virtual machine reports least reliably (this project's development host said 2.6 GHz and
 //! 2 cores in `/proc/cpuinfo`; its turbo and its FMA ports are nowhere to read).
@@ -17,7 +18,7 @@ const ITERATIONS: u64 = 1 << 17;
 /// Runs per thread and width; the fastest counts (the host is shared).
 const RUNS: usize = 5;
 
-/// The measured peak of the pool's threads together.
+/// The measured peak of the pool's threads together (at most one per core).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Peak {
     /// GFLOP/s with the widest vectors (2 flops per lane of a multiply-add).
