@@ -241,6 +241,31 @@ fn training_is_bitwise_the_same_on_any_thread_count() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Flags out of range are refused before anything is loaded or printed.
+#[test]
+fn bad_flags_are_refused_before_training_starts() {
+    let model = root().join("models/lenet.cnn");
+    for (flags, message) in [
+        (&["--batch", "0"][..], "error: --batch must be at least 1"),
+        (
+            &["--lr", "nan"][..],
+            "error: --lr must be positive, found NaN",
+        ),
+        (
+            &["--threads", "0"][..],
+            "error: --threads must be at least 1",
+        ),
+    ] {
+        let mut args = vec!["run", model.to_str().unwrap(), "--data", "synthetic"];
+        args.extend(flags);
+        let out = cnnc(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{flags:?}: {stderr}");
+        assert!(stderr.contains(message), "{flags:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{flags:?} printed {:?}", out.stdout);
+    }
+}
+
 #[test]
 fn resume_equals_an_uninterrupted_run_and_logs_are_reproducible() {
     let log = resume_equals_uninterrupted("resume", &[]);

@@ -71,6 +71,9 @@ pub fn settings(
         config.epochs = epochs;
     }
     if let Some(batch) = overrides.batch {
+        if batch == 0 {
+            return Err("--batch must be at least 1".to_string());
+        }
         config.batch = batch;
     }
     if let Some(seed) = overrides.seed {
