@@ -241,7 +241,8 @@ fn training_is_bitwise_the_same_on_any_thread_count() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Flags out of range are refused before anything is loaded or printed.
+/// Flags out of range, and outputs that cannot be written, are refused before training starts
+/// (before anything is printed).
 #[test]
 fn bad_flags_are_refused_before_training_starts() {
     let model = root().join("models/lenet.cnn");
@@ -254,6 +255,14 @@ fn bad_flags_are_refused_before_training_starts() {
         (
             &["--threads", "0"][..],
             "error: --threads must be at least 1",
+        ),
+        (
+            &["--plot", "/nonexistent-cnnc-folder/p.svg"][..],
+            "error: cannot write `/nonexistent-cnnc-folder/p.svg`",
+        ),
+        (
+            &["--log", "/nonexistent-cnnc-folder/l.jsonl"][..],
+            "error: cannot write `/nonexistent-cnnc-folder/l.jsonl`",
         ),
     ] {
         let mut args = vec!["run", model.to_str().unwrap(), "--data", "synthetic"];

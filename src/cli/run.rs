@@ -184,6 +184,12 @@ fn run(args: &RunArgs, sources: &mut SourceMap) -> Result<i32, String> {
         Some(path) => Some(File::create(path).map_err(|e| cannot_write(path, &e))?),
         None => None,
     };
+    // The plot's empty axes, so that a path it cannot be written to is an error now rather
+    // than after the first epoch.
+    if let Some(path) = &args.plot {
+        std::fs::write(path, report::plot_svg(&[], &graph.name))
+            .map_err(|e| cannot_write(path, &e))?;
+    }
     println!(
         "training {} on {} samples ({} test), {} epochs, batch {}, {} threads",
         graph.name,
