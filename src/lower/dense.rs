@@ -15,7 +15,7 @@ use super::activation;
 use super::builder::{
     cst, ix, row_chunks, Contraction, KernelBuilder, Scratch, ScratchSpec, Tensor,
 };
-use super::loops::{Expr, Index, Kernel};
+use super::loops::{Expr, Index, Kernel, Stmt};
 use crate::ir::{Activation, Dense};
 
 /// The tensors of one dense layer; `x` is viewed as `[N, F]` whatever its shape (flatten aliases).
@@ -147,8 +147,7 @@ pub fn backward(
         }
     };
     kernels.extend(dx.map(|dx| backward_input(name, dense, t, dz, dx)));
-    kernels.push(backward_weight(name, dense, t, dz, dweight));
-    kernels.extend(dbias.map(|db| backward_bias(name, dense, dz, db)));
+    kernels.push(backward_weight(name, dense, t, dz, dweight, dbias));
     kernels
 }
 
@@ -198,10 +197,11 @@ fn backward_weight(
     t: &DenseTensors,
     dy: &Tensor,
     dw: &Tensor,
+    db: Option<&Tensor>,
 ) -> Kernel {
     let x = t.x.rows();
     let mut kb = KernelBuilder::new(format!("{name}.backward_weight"));
-    let top = row_chunks(
+    let mut top = row_chunks(
         &mut kb,
         dense.units,
         UNITS_PER_CHUNK,
@@ -220,13 +220,14 @@ fn backward_weight(
             kb.contraction(nest, |acc| acc)
         },
     );
+    top.extend(db.map(|db| bias_sum(&mut kb, dense, dy, db)));
     kb.finish(top)
 }
 
 /// `db[u] = Σ_n dy[n, u]` (`n` in order; `fma(dy, 1, acc)` is exactly `acc + dy`), lanes over
-/// units, on one thread: `N·U` additions, too few to split.
-fn backward_bias(name: &str, dense: &Dense, dy: &Tensor, db: &Tensor) -> Kernel {
-    let mut kb = KernelBuilder::new(format!("{name}.backward_bias"));
+/// units, on one thread (`N·U` additions, too few to split): a nest of the weight gradient's
+/// kernel, after the weight's.
+fn bias_sum(kb: &mut KernelBuilder, dense: &Dense, dy: &Tensor, db: &Tensor) -> Stmt {
     let (u, n) = (kb.var(dense.units), kb.var(dy.dims[0]));
     let nest = Contraction {
         rows: None,
@@ -238,8 +239,7 @@ fn backward_bias(name: &str, dense: &Dense, dy: &Tensor, db: &Tensor) -> Kernel 
         out: db.clone(),
         at: vec![ix(u)],
     };
-    let top = kb.contraction(nest, |acc| acc);
-    kb.finish(vec![top])
+    kb.contraction(nest, |acc| acc)
 }
 
 /// A weight too big for the cache, in bytes: from here on the products run in tiles

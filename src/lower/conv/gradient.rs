@@ -317,7 +317,13 @@ impl Gradient<'_> {
     /// the group, the input channel and the first window axis has the most iterations (LeNet's
     /// conv1: the window's 5 rows; conv2: its 6 input channels); each output is summed whole
     /// inside one iteration.
-    pub fn weight_channels(&self, name: &str, source: &Tensor, dw: &Tensor) -> Kernel {
+    pub fn weight_channels(
+        &self,
+        name: &str,
+        source: &Tensor,
+        dw: &Tensor,
+        db: Option<&Tensor>,
+    ) -> Kernel {
         let (conv, dims) = (self.conv, self.dims);
         let last = dims.last();
         let mut kb = KernelBuilder::new(format!("{name}.backward_weight"));
@@ -448,8 +454,9 @@ impl Gradient<'_> {
         } else {
             per_tile
         };
-        let top = kb.parallel_for(parallel, body);
-        kb.finish(vec![top])
+        let mut top = vec![kb.parallel_for(parallel, body)];
+        top.extend(db.map(|db| self.bias(&mut kb, db)));
+        kb.finish(top)
     }
 
     /// The kernels that write `dw` (and `db` if there is a bias) from the padded input `source`.
@@ -462,11 +469,7 @@ impl Gradient<'_> {
     ) -> Vec<Kernel> {
         match weight_position_lanes(self.conv, self.dims) {
             true => vec![self.weight_positions(name, source, dw, db)],
-            false => [
-                vec![self.weight_channels(name, source, dw)],
-                db.map(|db| self.bias(name, db)).into_iter().collect(),
-            ]
-            .concat(),
+            false => vec![self.weight_channels(name, source, dw, db)],
         }
     }
 
@@ -597,10 +600,10 @@ impl Gradient<'_> {
     }
 
     /// `db[co] = Σ_{n, o} dy_t[n, o, co]` (`fma(dy, 1, acc)` is exactly `acc + dy`), lanes over
-    /// the channels of a group, rows (parallel) over groups.
-    pub fn bias(&self, name: &str, db: &Tensor) -> Kernel {
+    /// the channels of a group, rows (parallel) over groups: a nest of the weight gradient's
+    /// kernel, after the weight's.
+    fn bias(&self, kb: &mut KernelBuilder, db: &Tensor) -> Stmt {
         let (conv, dims) = (self.conv, self.dims);
-        let mut kb = KernelBuilder::new(format!("{name}.backward_bias"));
         let g = kb.var(conv.groups);
         let co = kb.var(dims.out_per_group);
         let n = kb.var(dims.batch);
@@ -620,7 +623,6 @@ impl Gradient<'_> {
             out: db.clone(),
             at: vec![out_channel],
         };
-        let top = kb.contraction(nest, |acc| acc);
-        kb.finish(vec![top])
+        kb.contraction(nest, |acc| acc)
     }
 }
