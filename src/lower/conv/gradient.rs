@@ -313,10 +313,11 @@ impl Gradient<'_> {
         kernels
     }
 
-    /// `dw` from `dy_t` and the padded input `source`. The top-level parallel loop is whichever of
-    /// the group, the input channel and the first window axis has the most iterations (LeNet's
-    /// conv1: the window's 5 rows; conv2: its 6 input channels); each output is summed whole
-    /// inside one iteration.
+    /// `dw` from `dy_t` and the padded input `source`, then `db` if there is a bias ([`Self::bias`],
+    /// a nest of the same kernel). The top-level parallel loop is whichever of the group, the
+    /// input channel and the first window axis has the most iterations (LeNet's conv1: the
+    /// window's 5 rows; conv2: its 6 input channels); each output is summed whole inside one
+    /// iteration.
     pub fn weight_channels(
         &self,
         name: &str,
