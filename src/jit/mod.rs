@@ -116,8 +116,8 @@ impl std::error::Error for JitError {}
 /// The `f32` buffers a plan's kernels read and write: views into one arena allocated once,
 /// laid out by a [`Layout`] (buffers whose live ranges never overlap may share memory; see
 /// `lower::memory`). Each view is accessed through `get`/`get_mut`, which borrow the whole
-/// table, so no two `&mut` slices ever exist at once; `disjoint_mut` hands out several, and
-/// checks that they do not overlap.
+/// table, so no two `&mut` slices ever exist at once; `pair_mut` hands out a writable and a
+/// readable one together, and checks that they do not overlap.
 #[derive(Debug, Default)]
 pub struct Buffers {
     arena: Vec<f32>,
@@ -206,26 +206,24 @@ impl Buffers {
         self.workspace_len * std::mem::size_of::<f32>()
     }
 
-    /// Buffers `ids`, writable at once, in the order given (for updates that touch many, such
-    /// as an optimiser step over parameters and their gradients). Panics if two of them share
-    /// memory (only buffers the runtime owns, never shared ones, are asked for).
-    pub fn disjoint_mut(&mut self, ids: &[BufId]) -> Vec<&mut [f32]> {
-        let mut order: Vec<usize> = (0..ids.len()).collect();
-        order.sort_by_key(|&i| self.range(ids[i]).start);
-        let mut slots: Vec<Option<&mut [f32]>> = (0..ids.len()).map(|_| None).collect();
-        let mut rest: &mut [f32] = &mut self.arena;
-        let mut consumed = 0;
-        for i in order {
-            let range = self.regions[ids[i].0 as usize];
-            let first = self.start + range.offset;
-            assert!(first >= consumed, "buffers {ids:?} overlap");
-            let (_, tail) = std::mem::take(&mut rest).split_at_mut(first - consumed);
-            let (view, tail) = tail.split_at_mut(range.len);
-            slots[i] = Some(view);
-            rest = tail;
-            consumed = first + range.len;
+    /// Buffer `write` writable and buffer `read` readable at once, without allocating (the
+    /// optimiser's step, parameter by parameter).
+    ///
+    /// # Panics
+    /// If the two share memory (never for the plan's persistent buffers).
+    pub fn pair_mut(&mut self, write: BufId, read: BufId) -> (&mut [f32], &[f32]) {
+        let (w, r) = (self.range(write), self.range(read));
+        assert!(
+            w.end <= r.start || r.end <= w.start,
+            "buffers {write:?} and {read:?} overlap"
+        );
+        if w.start < r.start {
+            let (low, high) = self.arena.split_at_mut(r.start);
+            (&mut low[w], &high[..r.len()])
+        } else {
+            let (low, high) = self.arena.split_at_mut(w.start);
+            (&mut high[..w.len()], &low[r])
         }
-        slots.into_iter().flatten().collect()
     }
 
     /// The table of base pointers generated code reads, one per `BufId`, freshly derived from
@@ -706,6 +704,24 @@ mod tests {
     use super::test_kernels::{index, kernel, load, lp, ramp};
     use super::*;
     use crate::lower::loops::{Expr, Local, Stmt, UnOp};
+
+    /// `pair_mut` gives the two buffers asked for, whichever lies first in the arena.
+    #[test]
+    fn pair_mut_gives_both_buffers_in_either_order() {
+        let mut bufs = Buffers::new(&[3, 2, 4]);
+        bufs.get_mut(BufId(0)).copy_from_slice(&[1.0, 2.0, 3.0]);
+        bufs.get_mut(BufId(2))
+            .copy_from_slice(&[4.0, 5.0, 6.0, 7.0]);
+        for (write, read) in [(BufId(0), BufId(2)), (BufId(2), BufId(0))] {
+            let expected = bufs.get(read).to_vec();
+            let (w, r) = bufs.pair_mut(write, read);
+            assert_eq!(r, &expected[..]);
+            w[0] += 10.0;
+        }
+        assert_eq!(bufs.get(BufId(0)), &[11.0, 2.0, 3.0]);
+        assert_eq!(bufs.get(BufId(2)), &[14.0, 5.0, 6.0, 7.0]);
+        assert_eq!(bufs.get(BufId(1)), &[0.0, 0.0]);
+    }
 
     /// Sequential init, a parallel loop with an inner reduction, then a sequential pass that
     /// reads every row's result: the pieces must run in order and the split must not matter.

@@ -395,24 +395,18 @@ impl Engine {
         Ok((losses.iter().map(|&l| l as f64).sum::<f64>() / losses.len() as f64) as f32)
     }
 
-    /// One optimiser step on the gradients of the last [`Engine::train_step`].
+    /// One optimiser step on the gradients of the last [`Engine::train_step`], parameter by
+    /// parameter in place (nothing allocated).
     pub fn update(&mut self, optimizer: &mut Optimizer) {
         self.params_changed();
-        // Parameters, then the gradients that exist; all persistent, so never overlapping.
-        let ids: Vec<BufId> = (self.params.iter().map(|&(p, _)| p))
-            .chain(self.params.iter().filter_map(|&(_, g)| g))
-            .collect();
-        let mut views = self.bufs.disjoint_mut(&ids).into_iter();
-        let mut params: Vec<&mut [f32]> = views.by_ref().take(self.params.len()).collect();
-        let grads: Vec<&[f32]> = self
-            .params
-            .iter()
-            .map(|&(_, g)| match g {
-                Some(_) => &*views.next().expect("one view per gradient"),
-                None => &[],
-            })
-            .collect();
-        optimizer.step(&mut params, &grads);
+        optimizer.begin_step();
+        for (i, &(param, grad)) in self.params.iter().enumerate() {
+            // Parameters and gradients are persistent: never sharing memory.
+            if let Some(grad) = grad {
+                let (param, grad) = self.bufs.pair_mut(param, grad);
+                optimizer.step_param(i, param, grad);
+            }
+        }
     }
 
     /// Marks every parameter-only kernel stale: a parameter may have been written, or their

@@ -156,58 +156,70 @@ impl Optimizer {
     /// One step over every parameter: `params[i]` and `grads[i]` follow `Graph::params`;
     /// entries of buffers are left alone (their gradient may be empty).
     pub fn step(&mut self, params: &mut [&mut [f32]], grads: &[&[f32]]) {
+        self.begin_step();
+        for (i, (param, grad)) in params.iter_mut().zip(grads).enumerate() {
+            self.step_param(i, param, grad);
+        }
+    }
+
+    /// Starts a step ([`Optimizer::step`] is this, then [`Optimizer::step_param`] for every
+    /// parameter): Adam counts it.
+    pub fn begin_step(&mut self) {
         if let OptimizerState::Adam { step, .. } = &mut self.state {
             *step += 1;
         }
-        for (i, (param, grad)) in params.iter_mut().zip(grads).enumerate() {
-            if !self.trainable[i] {
-                continue;
-            }
-            match (&self.config, &mut self.state) {
-                (
-                    &ir::Optimizer::Sgd {
-                        momentum,
-                        weight_decay,
-                        ..
-                    },
-                    OptimizerState::Sgd { momentum_buffers },
-                ) => sgd(
-                    param,
-                    grad,
-                    &mut momentum_buffers[i],
-                    // PyTorch's `add_(b, alpha=-lr)` rounds the float to the tensor's f32.
-                    self.lr as f32,
+    }
+
+    /// The step's update of parameter `i` (`Graph::params` order) from its gradient; a buffer
+    /// (not trainable) is left alone.
+    pub fn step_param(&mut self, i: usize, param: &mut [f32], grad: &[f32]) {
+        if !self.trainable[i] {
+            return;
+        }
+        match (&self.config, &mut self.state) {
+            (
+                &ir::Optimizer::Sgd {
                     momentum,
                     weight_decay,
-                ),
-                (
-                    &ir::Optimizer::Adam {
-                        betas,
-                        eps,
-                        weight_decay,
-                        ..
-                    },
-                    OptimizerState::Adam {
-                        step,
-                        exp_avg,
-                        exp_avg_sq,
-                    },
-                ) => adam(
-                    param,
-                    grad,
-                    &mut exp_avg[i],
-                    &mut exp_avg_sq[i],
-                    *step,
-                    self.lr,
+                    ..
+                },
+                OptimizerState::Sgd { momentum_buffers },
+            ) => sgd(
+                param,
+                grad,
+                &mut momentum_buffers[i],
+                // PyTorch's `add_(b, alpha=-lr)` rounds the float to the tensor's f32.
+                self.lr as f32,
+                momentum,
+                weight_decay,
+            ),
+            (
+                &ir::Optimizer::Adam {
                     betas,
                     eps,
                     weight_decay,
-                ),
-                // `new` and `resume` keep config and state of the same kind.
-                (ir::Optimizer::Sgd { .. }, OptimizerState::Adam { .. })
-                | (ir::Optimizer::Adam { .. }, OptimizerState::Sgd { .. }) => {
-                    unreachable!("optimiser config and state always agree")
-                }
+                    ..
+                },
+                OptimizerState::Adam {
+                    step,
+                    exp_avg,
+                    exp_avg_sq,
+                },
+            ) => adam(
+                param,
+                grad,
+                &mut exp_avg[i],
+                &mut exp_avg_sq[i],
+                *step,
+                self.lr,
+                betas,
+                eps,
+                weight_decay,
+            ),
+            // `new` and `resume` keep config and state of the same kind.
+            (ir::Optimizer::Sgd { .. }, OptimizerState::Adam { .. })
+            | (ir::Optimizer::Adam { .. }, OptimizerState::Sgd { .. }) => {
+                unreachable!("optimiser config and state always agree")
             }
         }
     }
