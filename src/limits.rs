@@ -20,5 +20,6 @@ pub const MAX_EXPANSION_STEPS: usize = 1_000_000;
 
 /// Most samples in one batch an engine is compiled for (`--batch`, the `train` section's
 /// `batch`, `cnnc bench`): with [`MAX_ELEMENTS`] per image the buffers' lengths stay far from
-/// overflowing. Workspaces larger than the machine's memory are refused before this.
+/// overflowing. Below it, a workspace larger than the memory available is refused too
+/// (`runtime::engine::allocate`).
 pub const MAX_BATCH: usize = 1 << 24;

@@ -153,17 +153,8 @@ impl Optimizer {
         Ok(())
     }
 
-    /// One step over every parameter: `params[i]` and `grads[i]` follow `Graph::params`;
-    /// entries of buffers are left alone (their gradient may be empty).
-    pub fn step(&mut self, params: &mut [&mut [f32]], grads: &[&[f32]]) {
-        self.begin_step();
-        for (i, (param, grad)) in params.iter_mut().zip(grads).enumerate() {
-            self.step_param(i, param, grad);
-        }
-    }
-
-    /// Starts a step ([`Optimizer::step`] is this, then [`Optimizer::step_param`] for every
-    /// parameter): Adam counts it.
+    /// Starts a step, which [`Optimizer::step_param`] then applies to each parameter in turn:
+    /// Adam counts it.
     pub fn begin_step(&mut self) {
         if let OptimizerState::Adam { step, .. } = &mut self.state {
             *step += 1;
@@ -422,8 +413,11 @@ mod tests {
         };
         let mut opt = Optimizer::new(&config, &params());
         let (mut w, mut mean) = (vec![1.0f32], vec![3.0f32]);
-        opt.step(&mut [&mut w, &mut mean], &[&[0.5], &[]]);
-        opt.step(&mut [&mut w, &mut mean], &[&[0.5], &[]]);
+        for _ in 0..2 {
+            opt.begin_step();
+            opt.step_param(0, &mut w, &[0.5]);
+            opt.step_param(1, &mut mean, &[]);
+        }
         assert_eq!(mean, vec![3.0]);
         let OptimizerState::Adam { step, exp_avg, .. } = opt.state() else {
             panic!("adam")
